@@ -1,0 +1,15 @@
+# The embedded default on a 2-core CPU: BPE-4096 tokens, d=256, 2+2 layers, C=16, REPA to MiniLM.
+# python vae_train.py config/vae_tiny.py
+out_dir = 'out/vae_tiny'
+data_dir = 'data/embedded'
+batch_size = 32
+block_size = 128
+n_embd = 256
+n_head = 4
+n_enc_layer = 2
+n_dec_layer = 2
+latent_channels = 16
+repa_teacher = 'minilm'
+repa_layer = -3
+max_iters = 600
+dtype = 'bfloat16'

@@ -1,0 +1,223 @@
+"""
+Stage 2: train the TextDiT with flow matching on the frozen VAE's latents.
+
+    python dit_train.py config/dit_tiny.py                        # the embedded default, CPU
+    torchrun --nproc_per_node=8 dit_train.py config/dit_328m.py   # the paper's ablation size
+
+Each window is split into a context and a target, ENCODED SEPARATELY (no target information can reach
+the context latents). The DiT sees [clean context ; x_t] with x_t = t * x1 + (1 - t) * x0, x0 ~ N(0, I),
+and regresses the velocity x1 - x0 on the target positions. Classifier-free guidance: the context is
+replaced by zeros with probability p_drop_context, and a fraction p_uncond of windows have no context.
+"""
+import copy
+import os
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data import TokenData, load_meta, tokenizer_sha256
+from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
+from sample import sample_t
+from training import (setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint,
+                      unwrap_state_dict, load_vae, fingerprint, Meter)
+
+# -----------------------------------------------------------------------------
+# default config: the embedded dataset, sized for a 2-core CPU
+out_dir = 'out/dit_tiny'
+vae_ckpt = 'out/vae_tiny/ckpt.pt'
+data_dir = 'data/embedded'
+init_from = 'scratch'  # 'scratch' or 'resume'
+eval_interval = 250
+eval_iters = 10
+log_interval = 10
+max_iters = 2000
+# data: window length uniform in [min_len, block_size]; the context takes a fraction of it uniform in
+# [ctx_frac_min, ctx_frac_max] (the paper samples lengths uniformly)
+batch_size = 32
+block_size = 128
+min_len = 16
+ctx_frac_min = 0.25
+ctx_frac_max = 0.75
+p_drop_context = 0.1  # context latents -> zeros (the null condition of CFG)
+p_uncond = 0.05       # whole windows as targets with no context (unconditional generation)
+# flow matching
+t_schedule = 'logit_normal'  # or 'uniform'
+t_mean = 0.0
+t_std = 1.5
+# model
+n_embd = 256
+n_head = 4
+n_layer = 6
+dropout = 0.0
+ema_decay = 0.999  # 0 turns EMA off
+# optimizer
+learning_rate = 1e-3
+min_lr = 1e-4
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+warmup_iters = 100
+# system
+device = 'cpu'
+dtype = 'bfloat16'
+compile = False
+backend = 'gloo'  # 'nccl' on GPUs
+seed = 1337
+peak_tflops = 0.0
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())
+config = plain_config(globals())
+# -----------------------------------------------------------------------------
+
+if t_schedule not in ('logit_normal', 'uniform'):
+    raise SystemExit(f"error: t_schedule must be 'logit_normal' or 'uniform', got '{t_schedule}'")
+if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
+    raise SystemExit("error: need 2 <= min_len <= block_size and 0 < ctx_frac_min <= ctx_frac_max < 1")
+env = setup(device, dtype, backend, seed)
+device, ctx, master = env['device'], env['ctx'], env['master']
+meta = load_meta(data_dir)
+train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
+vae, vae_ck = load_vae(vae_ckpt, device)
+if vae_ck['tokenizer_sha256'] != tokenizer_sha256(meta):
+    raise SystemExit(f"error: the VAE {vae_ckpt} was trained with another tokenizer than the one in {data_dir}")
+if block_size > vae.cfg.block_size:
+    raise SystemExit(f"error: block_size {block_size} is longer than the VAE's {vae.cfg.block_size}")
+lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
+C = vae.cfg.latent_channels
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+
+model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer, dropout=dropout)
+iter_num, ckpt = 0, None
+if init_from == 'resume':
+    ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
+    if ckpt['vae_fingerprint'] != fingerprint(vae.state_dict()):
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained on another VAE than {vae_ckpt}")
+    model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
+model = TextDiT(DiTConfig(**model_args)).to(device)
+ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
+optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), env['device_type'])
+if ckpt:
+    model.load_state_dict(unwrap_state_dict(ckpt['model']))
+    if ema is not None and ckpt['ema'] is not None:
+        ema.load_state_dict(ckpt['ema'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = None
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if env['ddp']:
+    model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+
+def get_batch(data, rng):
+    """Windows, their context lengths (0 = unconditional) and which contexts are dropped for CFG."""
+    idx, lens = data.sample(batch_size, rng.integers(min_len, block_size + 1, size=batch_size), rng)
+    ctx_lens = np.floor(rng.uniform(ctx_frac_min, ctx_frac_max, size=batch_size) * lens.numpy()).astype(np.int64)
+    ctx_lens = np.clip(ctx_lens, 1, lens.numpy() - 1)
+    ctx_lens[rng.random(batch_size) < p_uncond] = 0
+    drop = torch.from_numpy(rng.random(batch_size) < p_drop_context)
+    return idx.to(device), lens.to(device), torch.from_numpy(ctx_lens).to(device), drop.to(device)
+
+def flow_loss(net, batch, generator=None):
+    """Flow-matching loss on target positions; also each sample's loss and t (for the loss-by-t log)."""
+    idx, lens, ctx_lens, drop = batch
+    with ctx:  # context and target encoded SEPARATELY by the frozen VAE
+        zc, x1, tgt_lens = encode_segments(vae, idx, lens, ctx_lens)
+    zc, x1 = (zc - lat_mean) / lat_std, (x1 - lat_mean) / lat_std
+    zc = zc * (~drop)[:, None, None]  # the null condition: zero context vectors
+    B = x1.size(0)
+    t = sample_t(B, t_schedule, t_mean, t_std, generator, device)
+    x0 = torch.randn(x1.shape, generator=generator, device=device)
+    xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
+    x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
+    with ctx:
+        v = net(x, t, is_target, mask)
+    v = take_segment(v.float(), ctx_lens, x1.size(1))
+    tmask = lengths_to_mask(tgt_lens, x1.size(1))
+    per_sample = ((v - (x1 - x0)) ** 2).mean(-1).mul(tmask).sum(1) / tgt_lens  # (B,)
+    return masked_mean((v - (x1 - x0)) ** 2, tmask), per_sample, t
+
+T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+@torch.no_grad()
+def evaluate():
+    """Val flow loss of the model (and of the EMA), overall and binned by t, on fixed batches and noise."""
+    out = {}
+    for name, net in [('model', raw_model)] + ([('ema', ema)] if ema is not None else []):
+        net.eval()
+        losses, ts = [], []
+        for k in range(eval_iters):
+            batch = get_batch(val_data, np.random.default_rng([seed, 1, k]))
+            _, per_sample, t = flow_loss(net, batch, torch.Generator(device).manual_seed(k))
+            losses.append(per_sample)
+            ts.append(t)
+        net.train()
+        losses, ts = torch.cat(losses), torch.cat(ts)
+        bins = torch.bucketize(ts, torch.tensor(T_BINS[1:-1], device=device))
+        out[name] = losses.mean().item()
+        out[name + '_by_t'] = [losses[bins == b].mean().item() if (bins == b).any() else float('nan') for b in range(len(T_BINS) - 1)]
+    return out
+
+def checkpoint(best_val):
+    save_checkpoint(dict(kind='dit', model=raw_model.state_dict(), ema=ema.state_dict() if ema is not None else None,
+                         optimizer=optimizer.state_dict(), model_args=model_args, iter_num=iter_num, best_val_loss=best_val,
+                         config=config, vae_fingerprint=fingerprint(vae.state_dict()), tokenizer_sha256=tokenizer_sha256(meta)),
+                    os.path.join(out_dir, 'ckpt.pt'))
+
+# -----------------------------------------------------------------------------
+# the training loop
+if master:
+    print(f"TextDiT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters on C={C} latents, "
+          f"t ~ {t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "t ~ uniform")
+meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops))
+t_start = time.time()
+best_val = float('inf')
+bin_names = ' '.join(f'{a:.1f}-{b:.1f}' for a, b in zip(T_BINS, T_BINS[1:]))
+while True:
+    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, max_iters)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        ev = evaluate()
+        if master:
+            key = 'ema' if ema is not None else 'model'
+            print(f"step {iter_num}: val loss {ev['model']:.4f}" + (f" ema {ev['ema']:.4f}" if ema is not None else "")
+                  + f" | {key} by t [{bin_names}]: " + ' '.join(f'{x:.3f}' for x in ev[key + '_by_t'])
+                  + f" [{(time.time() - t_start) / 60:.1f} min]")
+            best_val = min(best_val, ev[key])
+            if iter_num > 0:
+                checkpoint(best_val)
+    if iter_num == max_iters:
+        break
+
+    # step k's data and noise depend only on (seed, rank, k): resuming reproduces the uninterrupted run
+    torch.manual_seed(seed + 1000003 * env['rank'] + iter_num)
+    batch = get_batch(train_data, np.random.default_rng([seed, 0, env['rank'], iter_num]))
+    loss, _, _ = flow_loss(model, batch)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:  # with a warmup, so a short run's EMA is not dominated by its first steps
+        decay = min(ema_decay, (1 + iter_num) / (10 + iter_num))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), raw_model.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+    lossf = loss.item()
+    if not np.isfinite(lossf):
+        raise SystemExit(f"error: loss is {lossf} at step {iter_num}: stopping; the last good checkpoint is in {out_dir}")
+    dt, tps, mfu = meter.lap(batch[1].sum().item() * env['world'])
+    iter_num += 1
+    if iter_num % log_interval == 0 and master:
+        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
+              + (f", mfu {mfu:.2%}" if mfu is not None else ""))
+
+if master:
+    print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
+if env['ddp']:
+    torch.distributed.destroy_process_group()

@@ -1,0 +1,298 @@
+"""
+The models of TextLDM, all built from one pre-norm Transformer `Block`:
+  TextVAE  - bidirectional encoder: tokens -> one Gaussian latent (C channels) per token,
+             bidirectional decoder: latents -> logits, all positions at once (non-autoregressive)
+  TextDiT  - a DiT (adaLN-Zero) that predicts the flow-matching velocity of noisy target latents
+             given clean context latents
+  GPT      - the causal autoregressive baseline
+Positions are rotary (RoPE): attention only sees relative offsets, so a segment encodes the same
+wherever it sits in a window, and any length up to the longest trained works.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# the shared Transformer block
+
+def rope_cache(T, head_dim, device, base=10000.0):
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    return freqs.cos(), freqs.sin()
+
+def apply_rope(x, cos, sin):
+    # x: (B, nh, T, hd); rotate the two halves of each head (the GPT-NeoX layout)
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+class Attention(nn.Module):
+
+    def __init__(self, n_embd, n_head, causal, bias):
+        super().__init__()
+        assert n_embd % n_head == 0
+        self.n_head, self.causal = n_head, causal
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+
+    def forward(self, x, rope, mask=None):
+        B, T, C = x.size()
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # mask: (B, T) True for real tokens; padded keys are hidden from every query
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+class MLP(nn.Module):
+
+    def __init__(self, n_embd, bias):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x), approximate='tanh'))
+
+class Block(nn.Module):
+    """Pre-norm Transformer block. With `adaln=True` the norms lose their own affine parameters and
+    a conditioning vector c gives shift/scale/gate for both branches (DiT's adaLN-Zero): the gates
+    start at zero, so a new block is the identity."""
+
+    def __init__(self, n_embd, n_head, causal=False, adaln=False, bias=False, dropout=0.0):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
+        self.attn = Attention(n_embd, n_head, causal, bias)
+        self.ln2 = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
+        self.mlp = MLP(n_embd, bias)
+        self.drop = nn.Dropout(dropout)
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd)) if adaln else None
+
+    def forward(self, x, rope, mask=None, c=None):
+        if self.adaln is None:
+            x = x + self.drop(self.attn(self.ln1(x), rope, mask))
+            return x + self.drop(self.mlp(self.ln2(x)))
+        # c: (B, 1, D) one vector per sample, or (B, T, D) one per position
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c).chunk(6, dim=-1)
+        x = x + gate1 * self.drop(self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask))
+        return x + gate2 * self.drop(self.mlp(modulate(self.ln2(x), shift2, scale2)))
+
+class Transformer(nn.Module):
+    """A stack of Blocks with a final norm: the body of every model below."""
+
+    def __init__(self, n_layer, n_embd, n_head, causal=False, adaln=False, bias=False, dropout=0.0):
+        super().__init__()
+        self.head_dim = n_embd // n_head
+        self.blocks = nn.ModuleList([Block(n_embd, n_head, causal, adaln, bias, dropout) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
+
+    def forward(self, x, mask=None, c=None):
+        rope = rope_cache(x.size(1), self.head_dim, x.device)
+        for block in self.blocks:
+            x = block(x, rope, mask, c)
+        return self.ln_f(x)
+
+def init_weights(module, std=0.02):
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+
+def scale_residual_init(model, n_layer):
+    # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the stream's variance stays put
+    for name, p in model.named_parameters():
+        if name.endswith('attn.proj.weight') or name.endswith('mlp.proj.weight'):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+def masked_mean(x, mask):
+    # mean of x (B, T, ...) over the positions where mask (B, T) is True
+    mask = mask.to(x.dtype).view(*mask.shape, *([1] * (x.dim() - 2)))
+    return (x * mask).sum() / (mask.sum() * (x[0, 0].numel()))
+
+def lengths_to_mask(lens, T):
+    return torch.arange(T, device=lens.device)[None, :] < lens[:, None]  # (B, T)
+
+# -----------------------------------------------------------------------------
+# TextVAE
+
+@dataclass
+class VAEConfig:
+    vocab_size: int = 4096
+    block_size: int = 128       # longest sequence trained on
+    n_embd: int = 256
+    n_head: int = 4
+    n_enc_layer: int = 2
+    n_dec_layer: int = 2
+    latent_channels: int = 16   # C: one latent vector of C channels per token
+    repa_dim: int = 0           # width of the REPA teacher (0: no REPA projection)
+    repa_source: str = 'hidden' # align the encoder output ('hidden', the paper) or the latent mean ('latent')
+    bias: bool = False
+    dropout: float = 0.0
+
+class TextVAE(nn.Module):
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.encoder = Transformer(cfg.n_enc_layer, cfg.n_embd, cfg.n_head, bias=cfg.bias, dropout=cfg.dropout)
+        self.to_moments = nn.Linear(cfg.n_embd, 2 * cfg.latent_channels)  # -> mu, logvar
+        self.from_latent = nn.Linear(cfg.latent_channels, cfg.n_embd)
+        self.decoder = Transformer(cfg.n_dec_layer, cfg.n_embd, cfg.n_head, bias=cfg.bias, dropout=cfg.dropout)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # REPA: a linear projection into the teacher's width (the paper's choice); used in training only
+        src_dim = cfg.n_embd if cfg.repa_source == 'hidden' else cfg.latent_channels
+        self.repa_proj = nn.Linear(src_dim, cfg.repa_dim) if cfg.repa_dim > 0 else None
+        self.apply(init_weights)
+        scale_residual_init(self, cfg.n_enc_layer + cfg.n_dec_layer)
+
+    def encode(self, idx, mask=None):
+        """idx (B, T) -> mu, logvar (B, T, C) and the encoder's output features h (B, T, D) for REPA."""
+        h = self.encoder(self.wte(idx), mask)
+        mu, logvar = self.to_moments(h).float().chunk(2, dim=-1)
+        if mask is not None:  # zeros at padding (a row with no real token at all would otherwise be NaN)
+            mu, logvar = mu.masked_fill(~mask[..., None], 0.0), logvar.masked_fill(~mask[..., None], 0.0)
+        return mu, logvar.clamp(-30.0, 20.0), h
+
+    def decode(self, z, mask=None):
+        """z (B, T, C) -> logits (B, T, vocab)"""
+        return self.lm_head(self.decoder(self.from_latent(z.to(self.from_latent.weight.dtype)), mask))
+
+    def forward(self, idx, mask=None, sample=True, noise_std=0.0):
+        """-> logits (B, T, vocab), mu, logvar (B, T, C), and the REPA prediction (B, T, teacher width) or None"""
+        mu, logvar, h = self.encode(idx, mask)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+        if noise_std > 0:  # extra decoder-input noise: teaches the decoder to read imprecise latents
+            z = z + noise_std * torch.randn_like(z)
+        repa = None
+        if self.repa_proj is not None:
+            repa = self.repa_proj(h if self.cfg.repa_source == 'hidden' else mu.to(h.dtype))
+        return self.decode(z, mask), mu, logvar, repa
+
+def gaussian_kl(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over channels: nats per token, (B, T)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+# -----------------------------------------------------------------------------
+# accounting
+
+def num_params(model, non_embedding=True):
+    """Parameters, without the token embedding and vocabulary head when non_embedding (as the paper
+    counts: 223M of each VAE are embedding + head)."""
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        for name in ('wte', 'lm_head'):
+            if hasattr(model, name):
+                n -= getattr(model, name).weight.numel()
+    return n
+
+def flops_per_token(model, T, n_layer, n_embd):
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention's scores (PaLM, appendix B)."""
+    return 6 * num_params(model, non_embedding=False) + 12 * n_layer * n_embd * T
+
+PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L40S': 362.0, 'A10G': 125.0, 'L4': 121.0}
+
+def peak_flops(device_type, override_tflops=0.0):
+    """The device's dense bf16 peak in FLOP/s, or None where unknown (CPU: pass it in by config)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if device_type == 'cuda':
+        name = torch.cuda.get_device_name()
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+# -----------------------------------------------------------------------------
+# TextDiT
+
+@dataclass
+class DiTConfig:
+    latent_channels: int = 16
+    block_size: int = 128  # context + target latents
+    n_embd: int = 256
+    n_head: int = 4
+    n_layer: int = 6
+    bias: bool = False
+    dropout: float = 0.0
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000, as DiT does with its integer steps). (B,) -> (B, dim)"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+class TextDiT(nn.Module):
+    """The image DiT on a sequence of latents: [clean context ; noisy target] in, velocity out.
+    Time enters through adaLN-Zero; a learned marker tells context positions from target positions."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.n_embd
+        self.in_proj = nn.Linear(cfg.latent_channels, d)
+        self.segment = nn.Embedding(2, d)  # 0: context, 1: target
+        self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.body = Transformer(cfg.n_layer, d, cfg.n_head, adaln=True, bias=cfg.bias, dropout=cfg.dropout)
+        self.final_adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.out_proj = nn.Linear(d, cfg.latent_channels)
+        self.apply(init_weights)
+        scale_residual_init(self, cfg.n_layer)
+        # adaLN-Zero: every gate and the output start at zero, so a new DiT predicts zero velocity
+        for block in self.body.blocks:
+            nn.init.zeros_(block.adaln[-1].weight)
+            nn.init.zeros_(block.adaln[-1].bias)
+        for layer in (self.final_adaln[-1], self.out_proj):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, t, is_target, mask=None):
+        """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask (B, T) bool
+        for real positions -> velocity (B, T, C); only the target positions' output is meaningful."""
+        h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
+        c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
+        h = self.body(h, mask, c)
+        shift, scale = self.final_adaln(c).chunk(2, dim=-1)
+        return self.out_proj(modulate(h, shift, scale))
+
+def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
+    """Lay out each row as [its context ; its target ; padding].
+    ctx (B, Tc, C) with ctx_lens (B,), tgt (B, Tt, C) with tgt_lens (B,) -> x (B, T, C), is_target, mask (B, T)."""
+    B, T = tgt.size(0), int((ctx_lens + tgt_lens).max())
+    if ctx.size(1) == 0:  # no row has a context
+        ctx = tgt.new_zeros(B, 1, tgt.size(2))
+    pos = torch.arange(T, device=tgt.device)[None, :].expand(B, T)  # (B, T)
+    mask = pos < (ctx_lens + tgt_lens)[:, None]
+    is_target = mask & (pos >= ctx_lens[:, None])
+    from_ctx = take_segment(ctx, torch.zeros_like(ctx_lens), T)
+    from_tgt = take_segment(tgt, -ctx_lens, T)
+    x = torch.where(is_target[..., None], from_tgt, torch.where((pos < ctx_lens[:, None])[..., None], from_ctx, 0.0))
+    return x, is_target, mask
+
+@torch.no_grad()
+def encode_segments(vae, idx, lens, ctx_lens):
+    """Split each window idx[b, :lens[b]] at ctx_lens[b] and encode the two parts SEPARATELY, so that no
+    target token can reach a context latent -> context mu (B, Tc, C), target mu (B, Tt, C), target lengths."""
+    tgt_lens = lens - ctx_lens
+    tgt_idx = take_segment(idx, ctx_lens, int(tgt_lens.max()))
+    ctx_idx = idx[:, :max(1, int(ctx_lens.max()))]
+    zc = vae.encode(ctx_idx, lengths_to_mask(ctx_lens, ctx_idx.size(1)))[0]
+    zt = vae.encode(tgt_idx, lengths_to_mask(tgt_lens, tgt_idx.size(1)))[0]
+    return zc, zt, tgt_lens
+
+def take_segment(x, start, length):
+    """Row b of the result is x[b, start[b] : start[b] + length] (indices clamped into range; the caller
+    masks what lies outside a row's segment). x (B, T, ...) -> (B, length, ...)"""
+    idx = (start[:, None] + torch.arange(length, device=x.device)[None, :]).clamp(0, x.size(1) - 1)
+    if x.dim() == 2:
+        return x.gather(1, idx)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.size(2)))

@@ -1,0 +1,94 @@
+"""
+Sample continuations from a trained TextLDM: encode the prompt, integrate the flow ODE from noise
+to latents with classifier-free guidance (Euler, on the training's logit-normal time grid), decode.
+
+    python sample.py --prompt "The river flows" --length 48 --cfg 2.0 --num_samples 3
+    python sample.py                         # no prompt: unconditional passages
+"""
+import torch
+
+from model import pack_segments, take_segment
+
+def sample_t(n, schedule='logit_normal', mean=0.0, std=1.5, generator=None, device='cpu'):
+    """Training timesteps in (0, 1), 1 = data: logit-normal (SD3) or uniform."""
+    if schedule == 'uniform':
+        return torch.rand(n, generator=generator, device=device)
+    return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
+
+def time_grid(steps, schedule='logit_normal', mean=0.0, std=1.5):
+    """steps+1 times from 0 (noise) to 1 (data) at the quantiles of the training distribution
+    (CDCD: sample where training put its effort); t_k = sigmoid(mean + std * Phi^-1(k / steps))."""
+    q = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    t = q if schedule == 'uniform' else torch.sigmoid(mean + std * torch.special.ndtri(q))
+    t[0], t[-1] = 0.0, 1.0
+    return t
+
+@torch.no_grad()
+def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=50, cfg=2.0, schedule='logit_normal', mean=0.0, std=1.5,
+                   generator=None):
+    """Euler integration of dx/dt = v(x, t, context) from x ~ N(0, I) at t=0 to data at t=1.
+    ctx (B, Tc, C) normalised context latents (Tc may be 0), ctx_lens/tgt_lens (B,) -> target latents (B, Tt, C).
+    Guidance: v = v_null + cfg * (v_ctx - v_null), null = zero context; both from one batched forward."""
+    B, Tt, C = ctx.size(0), int(tgt_lens.max()), dit.cfg.latent_channels
+    x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
+    guided = cfg != 1.0 and bool((ctx_lens > 0).any())
+    if guided:  # the batch is [conditional ; unconditional]
+        ctx, ctx_lens, tgt_lens = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)
+    ts = time_grid(steps, schedule, mean, std)
+    for k in range(steps):
+        xin = torch.cat([x, x]) if guided else x
+        packed, is_target, mask = pack_segments(ctx, ctx_lens, xin.float(), tgt_lens)
+        t = torch.full((packed.size(0),), float(ts[k]), device=x.device)
+        v = take_segment(dit(packed, t, is_target, mask).double(), ctx_lens, Tt)
+        if guided:
+            v_ctx, v_null = v.chunk(2)
+            v = v_null + cfg * (v_ctx - v_null)
+        x = x + (ts[k + 1] - ts[k]).item() * v  # accumulate in float64, as REPA's sampler does
+    return x.float()
+
+def check_length(ldm, length):
+    longest = min(ldm.block_size, ldm.vae_block_size)
+    if not 1 <= length <= longest:
+        raise SystemExit(f"error: --length must be between 1 and {longest} tokens for this model, got {length}")
+
+@torch.no_grad()
+def generate(ldm, prompts, length, steps=50, cfg=2.0, seed=0):
+    """Continue each prompt (a string; '' for an unconditional passage) by `length` tokens -> list of strings.
+    A prompt longer than the model's context keeps its last tokens (with a warning)."""
+    check_length(ldm, length)
+    room = min(ldm.block_size - length, ldm.vae_block_size)
+    ids = [ldm.enc.encode_ordinary(p) for p in prompts]
+    if any(len(i) > room for i in ids):
+        print(f"warning: prompt longer than the {room} tokens of context this model has beside {length} new ones: keeping its end")
+        ids = [i[len(i) - room:] if len(i) > room else i for i in ids]
+    ctx_lens = torch.tensor([len(i) for i in ids], device=ldm.device)
+    idx = torch.zeros(len(ids), max(1, int(ctx_lens.max())), dtype=torch.long, device=ldm.device)
+    for b, i in enumerate(ids):
+        idx[b, :len(i)] = torch.tensor(i, dtype=torch.long)
+    ctx = ldm.encode(idx, ctx_lens)  # the prompt is encoded on its own, as in training
+    g = torch.Generator(device=ldm.device).manual_seed(seed)
+    z = sample_latents(ldm.dit, ctx, ctx_lens, torch.full_like(ctx_lens, length), steps, cfg,
+                       ldm.schedule, ldm.t_mean, ldm.t_std, g)
+    return [ldm.enc.decode(row.tolist()) for row in ldm.decode(z)]
+
+if __name__ == '__main__':
+    from training import LDM
+    out_dir = 'out/dit_tiny'  # the DiT's folder; its checkpoint names the VAE it was trained on
+    vae_ckpt = ''             # to override the VAE checkpoint path stored in the DiT checkpoint
+    prompt = ''
+    length = 48
+    steps = 50
+    cfg = 2.0
+    num_samples = 1
+    seed = 0
+    device = 'cpu'
+    exec(open('configurator.py').read())
+    if steps <= 0 or cfg < 0 or num_samples <= 0:
+        raise SystemExit(f"error: need steps > 0, cfg >= 0 and num_samples > 0 (got steps={steps}, cfg={cfg}, num_samples={num_samples})")
+    ldm = LDM(out_dir, vae_ckpt or None, device)
+    check_length(ldm, length)
+    texts = generate(ldm, [prompt] * num_samples, length, steps, cfg, seed)
+    print(f"prompt: {prompt!r}" if prompt else "unconditional")
+    for k, text in enumerate(texts):
+        print(f"--- sample {k + 1}/{num_samples} (cfg {cfg}, {steps} steps) ---")
+        print(f"{prompt} >>> {text}" if prompt else text)

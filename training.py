@@ -1,0 +1,152 @@
+"""
+What the three training scripts (vae_train.py, dit_train.py, ar_train.py) share: the distributed
+setup, precision, optimizer, learning-rate schedule and checkpoint files. Each script keeps its own
+loop, nanoGPT style; these are the parts that would otherwise be written three times.
+"""
+import hashlib
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from model import lengths_to_mask
+
+def setup(device, dtype, backend, seed):
+    """Detect a torchrun launch, pick the device and the autocast context. Returns a dict."""
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    if ddp:
+        dist.init_process_group(backend=backend)
+        rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+        if device.startswith('cuda'):
+            device = f'cuda:{local_rank}'
+            torch.cuda.set_device(device)
+    else:
+        rank, local_rank, world = 0, 0, 1
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit("error: device is 'cuda' but no GPU is visible: pass --device=cpu")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise SystemExit(f"error: dtype '{dtype}' is not one of float32, bfloat16, float16")
+    torch.manual_seed(seed + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device_type = 'cuda' if 'cuda' in device else 'cpu'
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
+    return dict(ddp=ddp, rank=rank, world=world, master=rank == 0, device=device, device_type=device_type, ctx=ctx)
+
+def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
+    # weight decay on matrices only: biases, norms and gains are left alone, as in nanoGPT
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
+
+def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+def plain_config(namespace):
+    """The run's config (module globals of plain type), to store in a checkpoint."""
+    return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+
+def save_checkpoint(obj, path):
+    # write to a temp file in the same folder, then rename: a crash mid-save keeps the last good file
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f'{path}.tmp.{os.getpid()}'
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+def load_checkpoint(path, kind, map_location='cpu'):
+    """Load a checkpoint written by save_checkpoint, refusing one of another kind ('vae', 'dit', 'gpt')."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no checkpoint at {path}: train one first, or point to it with the right out_dir/--ckpt")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"error: cannot read checkpoint {path} ({type(e).__name__}): the file is damaged or not a textldm checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get('kind') != kind:
+        found = ckpt.get('kind') if isinstance(ckpt, dict) else None
+        raise SystemExit(f"error: {path} is a {found or 'foreign'} checkpoint, but a {kind} checkpoint is needed here")
+    return ckpt
+
+def unwrap_state_dict(sd):
+    # torch.compile prefixes parameter names with '_orig_mod.'
+    return {k.removeprefix('_orig_mod.'): v for k, v in sd.items()}
+
+class Meter:
+    """Throughput and MFU for the iteration log."""
+
+    def __init__(self, flops_per_token, peak):
+        self.flops_per_token, self.peak = flops_per_token, peak
+        self.t0, self.tokens = time.time(), 0
+
+    def lap(self, tokens):
+        """Call after each step with the tokens it processed; returns (seconds, tokens/s, MFU or None)."""
+        now = time.time()
+        dt, self.t0 = now - self.t0, now
+        tps = tokens / max(dt, 1e-9)
+        mfu = None if self.peak is None else tps * self.flops_per_token / self.peak
+        return dt, tps, mfu
+
+def fingerprint(state_dict):
+    """A short hash of a model's weights: a DiT records the VAE it was trained on."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def load_vae(path, device):
+    """The frozen, trained TextVAE of a vae checkpoint, and the checkpoint (with its latent stats)."""
+    from model import TextVAE, VAEConfig
+    ckpt = load_checkpoint(path, 'vae')
+    if 'latent_mean' not in ckpt:
+        raise SystemExit(f"error: {path} has no latent statistics (its training did not finish): finish it with --init_from=resume")
+    vae = TextVAE(VAEConfig(**ckpt['model_args']))
+    vae.load_state_dict(unwrap_state_dict(ckpt['model']))
+    vae.repa_proj = None  # a training-only head
+    vae.to(device).eval().requires_grad_(False)
+    return vae, ckpt
+
+class LDM:
+    """A trained TextLDM, ready to sample: tokenizer, frozen VAE, DiT (EMA weights when present) and
+    the latent statistics the DiT was trained with."""
+
+    def __init__(self, dit_dir, vae_ckpt=None, device='cpu'):
+        from data import get_tokenizer, load_meta, tokenizer_sha256
+        from model import TextDiT, DiTConfig
+        ckpt = load_checkpoint(os.path.join(dit_dir, 'ckpt.pt'), 'dit')
+        cfg = ckpt['config']
+        self.vae, vae_ck = load_vae(vae_ckpt or cfg['vae_ckpt'], device)
+        if fingerprint(self.vae.state_dict()) != ckpt['vae_fingerprint']:
+            raise SystemExit(f"error: the DiT in {dit_dir} was trained on another VAE than {vae_ckpt or cfg['vae_ckpt']}: "
+                             f"pass the VAE it was trained on with --vae_ckpt")
+        meta = load_meta(cfg['data_dir'])
+        if tokenizer_sha256(meta) != vae_ck['tokenizer_sha256']:
+            raise SystemExit(f"error: the tokenizer in {cfg['data_dir']} is not the one the VAE was trained with")
+        self.enc = get_tokenizer(meta, cfg['data_dir'])
+        self.dit = TextDiT(DiTConfig(**ckpt['model_args']))
+        self.dit.load_state_dict(unwrap_state_dict(ckpt['ema'] or ckpt['model']))
+        self.dit.to(device).eval().requires_grad_(False)
+        self.mean, self.std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
+        self.schedule, self.t_mean, self.t_std = cfg['t_schedule'], cfg['t_mean'], cfg['t_std']
+        self.device, self.block_size, self.vae_block_size = device, self.dit.cfg.block_size, self.vae.cfg.block_size
+
+    @torch.no_grad()
+    def encode(self, idx, lens):
+        """Token ids (B, T) with lengths (B,) -> normalised latent means (B, T, C)."""
+        mask = lengths_to_mask(lens, idx.size(1))
+        return (self.vae.encode(idx, mask)[0] - self.mean) / self.std
+
+    @torch.no_grad()
+    def decode(self, z):
+        """Normalised latents (B, T, C) -> token ids (B, T), the most likely token at each position."""
+        return self.vae.decode(z * self.std + self.mean).argmax(-1)

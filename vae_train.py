@@ -1,0 +1,223 @@
+"""
+Stage 1: train the TextVAE, L = CE + beta * KL + lambda * REPA.
+
+    python vae_train.py config/vae_tiny.py                       # the embedded default, CPU
+    torchrun --nproc_per_node=8 vae_train.py config/vae_350m.py  # the paper's setup
+
+Every token gets one latent of C channels; the decoder reconstructs all tokens at once. REPA aligns
+the encoder with a frozen pretrained LM's hidden states (3rd-to-last layer), which is what makes the
+latents good for diffusion. At the end the per-channel latent mean/std over training data is stored
+in the checkpoint: the DiT normalises latents with it.
+"""
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
+from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
+from training import setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint, unwrap_state_dict, Meter
+
+# -----------------------------------------------------------------------------
+# default config: the embedded dataset, sized for a 2-core CPU
+out_dir = 'out/vae_tiny'
+data_dir = 'data/embedded'
+init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 100
+eval_iters = 10
+log_interval = 10
+max_iters = 600
+# data: random truncation, each window's length uniform in [min_len, block_size]
+batch_size = 32
+block_size = 128
+min_len = 8
+# model
+n_embd = 256
+n_head = 4
+n_enc_layer = 2
+n_dec_layer = 2
+latent_channels = 16
+dropout = 0.0
+# loss
+beta_kl = 1e-3           # weight of the KL, in nats per token summed over channels
+dec_noise = 0.0          # extra Gaussian noise on the decoder's input latents (robust decoding)
+repa_weight = 1.0        # lambda; 0 turns REPA off
+repa_teacher = 'minilm'  # 'minilm' (offline default), a local folder, or a hub id such as 'Qwen/Qwen3-1.7B'
+repa_layer = -3          # index into the teacher's hidden states: -3 is the 3rd-to-last layer
+repa_source = 'hidden'   # align the encoder output ('hidden', the paper) or the latent mean ('latent')
+# optimizer
+learning_rate = 2e-3
+min_lr = 2e-4
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+warmup_iters = 50
+# system
+device = 'cpu'
+dtype = 'bfloat16'
+compile = False
+backend = 'gloo'  # 'nccl' on GPUs
+seed = 1337
+peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPUs)
+stats_batches = 20  # training batches used for the latent mean/std stored for the DiT
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())  # overrides from the command line or a config file
+config = plain_config(globals())
+# -----------------------------------------------------------------------------
+
+if not 1 <= min_len <= block_size:
+    raise SystemExit(f"error: need 1 <= min_len <= block_size, got min_len={min_len}, block_size={block_size}")
+env = setup(device, dtype, backend, seed)
+device, ctx, master = env['device'], env['ctx'], env['master']
+meta = load_meta(data_dir)
+train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
+enc = get_tokenizer(meta, data_dir)
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+
+teacher = None
+if repa_weight > 0:
+    from teacher import Teacher
+    # the paper's case, Qwen3 tokens and a Qwen3 teacher, needs no alignment (the teacher verifies the claim)
+    same = meta['tokenizer']['name'] == 'qwen3' and 'qwen3' in repa_teacher.lower()
+    teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same, bf16=dtype == 'bfloat16', device=device)
+
+model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
+                  n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,
+                  repa_dim=teacher.width if teacher else 0, repa_source=repa_source, dropout=dropout)
+iter_num, ckpt = 0, None
+if init_from == 'resume':
+    ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'vae')
+    model_args = ckpt['model_args']
+    iter_num = ckpt['iter_num']
+model = TextVAE(VAEConfig(**model_args)).to(device)
+if ckpt:
+    model.load_state_dict(unwrap_state_dict(ckpt['model']))
+optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), env['device_type'])
+if ckpt:
+    optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = None  # free memory
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if env['ddp']:
+    model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+
+def get_batch(data, rng):
+    # random truncation: every window gets its own length
+    lens = rng.integers(min_len, block_size + 1, size=batch_size)
+    idx, lens = data.sample(batch_size, lens, rng)
+    return idx.to(device), lens.to(device)
+
+def losses(idx, lens, train=True):
+    """All the VAE's losses and diagnostics on one batch."""
+    mask = lengths_to_mask(lens, idx.size(1))
+    with ctx:
+        logits, mu, logvar, repa = model(idx, mask, sample=True, noise_std=dec_noise if train else 0.0)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none').view_as(idx)
+    out = dict(ce=masked_mean(ce, mask), kl=masked_mean(gaussian_kl(mu, logvar), mask))
+    out['acc_z'] = masked_mean((logits.argmax(-1) == idx).float(), mask)
+    out['loss'] = out['ce'] + beta_kl * out['kl']
+    if teacher is not None:
+        target = teacher(idx, lens)  # (B, T, width), no grad: the stop-gradient of REPA
+        cos = F.cosine_similarity(repa.float(), target, dim=-1)
+        out['repa_cos'] = masked_mean(cos, mask)
+        out['loss'] = out['loss'] - repa_weight * out['repa_cos']
+    out['sigma'] = masked_mean(torch.exp(0.5 * logvar), mask)
+    out['mu_std'] = mu[mask].std()
+    return out
+
+@torch.no_grad()
+def evaluate():
+    """Mean of every loss over eval_iters val batches, plus reconstruction accuracy from mu."""
+    model.eval()
+    sums = {}
+    for k in range(eval_iters):
+        idx, lens = get_batch(val_data, np.random.default_rng([seed, 1, k]))  # the same val batches every time
+        out = losses(idx, lens, train=False)
+        mask = lengths_to_mask(lens, idx.size(1))
+        with ctx:
+            logits = raw_model.decode(raw_model.encode(idx, mask)[0], mask)
+        out['acc_mu'] = masked_mean((logits.argmax(-1) == idx).float(), mask)
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v.item() / eval_iters
+    model.train()
+    return sums
+
+@torch.no_grad()
+def latent_stats():
+    """Per-channel mean and std of sampled training latents: what the DiT normalises with."""
+    zs = []
+    for k in range(stats_batches):
+        idx, lens = get_batch(train_data, np.random.default_rng([seed, 2, k]))
+        mask = lengths_to_mask(lens, idx.size(1))
+        with ctx:
+            mu, logvar, _ = raw_model.encode(idx, mask)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        zs.append(z[mask].float())
+    z = torch.cat(zs)
+    return z.mean(0).cpu(), z.std(0).cpu()
+
+def checkpoint(best_val, final=False):
+    ckpt = dict(kind='vae', model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
+                iter_num=iter_num, best_val_loss=best_val, config=config, tokenizer_sha256=tokenizer_sha256(meta))
+    if final:
+        ckpt['latent_mean'], ckpt['latent_std'] = latent_stats()
+    save_checkpoint(ckpt, os.path.join(out_dir, 'ckpt.pt'))
+
+# -----------------------------------------------------------------------------
+# the training loop
+if master:
+    print(f"TextVAE: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
+          f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer} -> {repa_source}'}")
+meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, n_embd), peak_flops(env['device_type'], peak_tflops))
+t_start = time.time()
+best_val = float('inf')
+while True:
+    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, max_iters)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        ev = evaluate()
+        if master:
+            print(f"step {iter_num}: val acc(mu) {ev['acc_mu']:.4%} acc(z) {ev['acc_z']:.4%} ce {ev['ce']:.4f} "
+                  f"kl {ev['kl']:.2f} repa_cos {ev.get('repa_cos', float('nan')):.3f} sigma {ev['sigma']:.3f} "
+                  f"mu_std {ev['mu_std']:.3f} [{(time.time() - t_start) / 60:.1f} min]")
+            best_val = min(best_val, ev['loss'])
+            if iter_num > 0:
+                checkpoint(best_val, final=iter_num == max_iters)
+    if iter_num == max_iters:
+        break
+
+    # the data and the noise of step k depend only on (seed, rank, k): a resumed run sees what an
+    # uninterrupted one would have, with no generator state to carry in the checkpoint
+    torch.manual_seed(seed + 1000003 * env['rank'] + iter_num)
+    idx, lens = get_batch(train_data, np.random.default_rng([seed, 0, env['rank'], iter_num]))
+    out = losses(idx, lens)
+    out['loss'].backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss = out['loss'].item()
+    if not np.isfinite(loss):
+        raise SystemExit(f"error: loss is {loss} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
+                         f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
+    dt, tps, mfu = meter.lap(lens.sum().item() * env['world'])
+    iter_num += 1
+    if iter_num % log_interval == 0 and master:
+        print(f"iter {iter_num}: loss {loss:.4f} ce {out['ce'].item():.4f} kl {out['kl'].item():.2f} "
+              f"acc {out['acc_z'].item():.3f} repa {out.get('repa_cos', torch.tensor(float('nan'))).item():.3f} "
+              f"sigma {out['sigma'].item():.3f}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
+              + (f", mfu {mfu:.2%}" if mfu is not None else ""))
+
+if master:
+    print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
+if env['ddp']:
+    torch.distributed.destroy_process_group()
