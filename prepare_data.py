@@ -88,7 +88,8 @@ def wikipedia_docs(path):
 # The plays mark acts and scenes with heading lines ("ACT II.", "Scene III.", "SCENE 3."); the poems and
 # Milton's works do not, so they are cut at blank lines instead. Either way the pieces are glued in order
 # until each document has min_chars, which keeps a heading, the cast list or a short scene with the scene
-# that follows. (Paradise Lost has blank lines only between its books, so each book is one document.) The files carry no Project Gutenberg header or footer (checked), so nothing is stripped.
+# that follows. Paradise Lost has blank lines only between its books, so each book is one document.
+# The files carry no Project Gutenberg header or footer (checked), so there is nothing to strip.
 HEADING = re.compile(r'^(?=(?:ACT|Act|SCENE|Scene) [IVX\d]+\b)', re.M)
 
 def split_literary(text, min_chars=3000):
@@ -159,12 +160,10 @@ def make_tokenizer(name, out_dir, cache_dir, train_texts):
         with zipfile.ZipFile(fetch(PACKAGES['qwen3'], cache_dir)) as z:
             data = z.read('dashscope/resources/qwen.tiktoken')
         file, pat, special = 'qwen.tiktoken', QWEN_PAT, {t: 151643 + i for i, t in enumerate(QWEN3_SPECIAL)}
-    elif name == 'gpt2':
+    else:  # gpt2
         with tarfile.open(fetch(PACKAGES['gpt2'], cache_dir)) as t:
             data = t.extractfile(next(n for n in t.getnames() if n.endswith('whisper/assets/gpt2.tiktoken'))).read()
         file, pat, special = 'gpt2.tiktoken', GPT2_PAT, {'<|endoftext|>': 50256}
-    else:
-        raise SystemExit(f"error: unknown tokenizer '{name}': use bpe<vocab size> (e.g. bpe4096), qwen3 or gpt2")
     def write(tmp):
         with open(tmp, 'wb') as f:
             f.write(data)
@@ -212,6 +211,10 @@ def prepare(out_dir, cfg, cache_dir='data/cache', num_proc=1, docs=None):
     """Build out_dir from the settings cfg (all saved in meta.json) unless it is already built.
     docs: the embedded documents, already extracted (tests pass a few); else read from the packages.
     Returns the meta dict."""
+    if cfg['dataset'] not in ('embedded', 'openwebtext2'):
+        raise SystemExit(f"error: unknown dataset '{cfg['dataset']}': use embedded or openwebtext2")
+    if not (cfg['tokenizer'] in ('qwen3', 'gpt2') or re.fullmatch(r'bpe\d+', cfg['tokenizer']) and int(cfg['tokenizer'][3:]) > 256):
+        raise SystemExit(f"error: unknown tokenizer '{cfg['tokenizer']}': use bpe<vocab size above 256> (e.g. bpe4096), qwen3 or gpt2")
     meta_path = os.path.join(out_dir, 'meta.json')
     if os.path.exists(meta_path):
         with open(meta_path) as f:
@@ -228,10 +231,8 @@ def prepare(out_dir, cfg, cache_dir='data/cache', num_proc=1, docs=None):
         if docs is None:
             docs = wikipedia_docs(fetch(PACKAGES['wikipedia'], cache_dir)) + literary_docs(fetch(PACKAGES['literary'], cache_dir))
         splits = {k: Dataset.from_list(v) for k, v in split_embedded(docs, cfg['val_frac'], cfg['test_frac'], cfg['seed']).items()}
-    elif cfg['dataset'] == 'openwebtext2':
-        splits = load_hf(cfg['hf_dataset'], cfg['hf_data_files'], cfg['owt_val_docs'], cfg['owt_test_docs'], cfg['seed'], num_proc)
     else:
-        raise SystemExit(f"error: unknown dataset '{cfg['dataset']}': use embedded or openwebtext2")
+        splits = load_hf(cfg['hf_dataset'], cfg['hf_data_files'], cfg['owt_val_docs'], cfg['owt_test_docs'], cfg['seed'], num_proc)
     if any(len(ds) == 0 for ds in splits.values()):
         raise SystemExit(f"error: a split is empty ({ {k: len(v) for k, v in splits.items()} }): hold out larger fractions or use more documents")
     train_texts = (b['text'] for b in splits['train'].iter(batch_size=1000))
@@ -251,7 +252,7 @@ def prepare(out_dir, cfg, cache_dir='data/cache', num_proc=1, docs=None):
     counts['test'] = dict(docs=len(splits['test']))
     sources = {k: dict(Counter(v['source'])) if 'source' in v.column_names else {cfg['dataset']: len(v)}
                for k, v in splits.items()}
-    meta = dict(config=cfg, tokenizer=spec, vocab_size=enc.n_vocab, dtype=dtype, splits=counts, sources=sources, seed=cfg['seed'])
+    meta = dict(config=cfg, tokenizer=spec, vocab_size=enc.n_vocab, dtype=dtype, splits=counts, sources=sources)
     def write_meta(tmp):
         with open(tmp, 'w') as f:
             json.dump(meta, f, indent=2)

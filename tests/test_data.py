@@ -57,6 +57,7 @@ def test_bins_and_offsets_match_meta_and_documents(tiny):
         data = TokenData(out, split)
         assert data.tokens.dtype == np.uint16 and len(data) == meta['splits'][split]['tokens']
         assert data.ndocs == len(splits[split]) == len(data.docs) - 1
+        assert data.tokens.max() < enc.eot_token  # text spelling <|endoftext|> is not the special token
         for d, doc in enumerate(splits[split]):  # documents in order, back to back, decoding to their text
             assert enc.decode(data.tokens[data.docs[d]:data.docs[d + 1]].tolist()) == doc['text']
     with open(out / 'test.jsonl', encoding='utf-8') as f:
@@ -156,8 +157,10 @@ def test_broken_data_is_refused(tiny, tmp_path):
     (copy / 'tokenizer.tiktoken').unlink()
     with pytest.raises(SystemExit, match='missing'):
         get_tokenizer(meta, copy)
-    with pytest.raises(SystemExit, match='unknown tokenizer'):
-        P.make_tokenizer('bert', str(tmp_path), str(CACHE), [])
+    for bad_cfg in (dict(CFG, tokenizer='bert'), dict(CFG, tokenizer='bpe100'), dict(CFG, dataset='owt')):
+        with pytest.raises(SystemExit, match='unknown'):
+            P.prepare(str(tmp_path / 'never'), bad_cfg, str(CACHE), docs=[])
+    assert not (tmp_path / 'never').exists()
 
 @pytest.mark.parametrize('name, ids, n_vocab', [('qwen3', [9707, 1879], 151669), ('gpt2', [15496, 995], 50257)])
 def test_pretrained_tokenizers(tmp_path, name, ids, n_vocab):
