@@ -81,4 +81,4 @@ class TokenData:
         mask = pos < lens[:, None]
         gather = np.where(mask, start[:, None] + pos, 0)  # padding reads token 0 and is then zeroed
         idx = np.where(mask, self.tokens[gather], 0).astype(np.int64)
-        return torch.from_numpy(idx), torch.from_numpy(lens.copy())
+        return torch.from_numpy(idx), torch.from_numpy(lens)

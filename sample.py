@@ -53,23 +53,26 @@ def check_length(ldm, length):
 
 @torch.no_grad()
 def generate(ldm, prompts, length, steps=50, cfg=2.0, seed=0):
-    """Continue each prompt (a string; '' for an unconditional passage) by `length` tokens -> list of strings.
-    A prompt longer than the model's context keeps its last tokens (with a warning)."""
-    check_length(ldm, length)
-    room = min(ldm.block_size - length, ldm.vae_block_size)
+    """Continue each prompt (a string; '' for an unconditional passage) by `length` tokens (an int, or one
+    per prompt) -> list of strings. A prompt longer than the model's context keeps its end (with a warning)."""
+    lengths = [length] * len(prompts) if isinstance(length, int) else list(length)
+    for n in set(lengths):
+        check_length(ldm, n)
     ids = [ldm.enc.encode_ordinary(p) for p in prompts]
-    if any(len(i) > room for i in ids):
-        print(f"warning: prompt longer than the {room} tokens of context this model has beside {length} new ones: keeping its end")
-        ids = [i[len(i) - room:] if len(i) > room else i for i in ids]
+    room = [min(ldm.block_size - n, ldm.vae_block_size) for n in lengths]
+    if any(len(i) > r for i, r in zip(ids, room)):
+        print("warning: a prompt is longer than the context this model has beside the new tokens: keeping its end")
+        ids = [i[len(i) - r:] if len(i) > r else i for i, r in zip(ids, room)]
     ctx_lens = torch.tensor([len(i) for i in ids], device=ldm.device)
+    tgt_lens = torch.tensor(lengths, device=ldm.device)
     idx = torch.zeros(len(ids), max(1, int(ctx_lens.max())), dtype=torch.long, device=ldm.device)
     for b, i in enumerate(ids):
         idx[b, :len(i)] = torch.tensor(i, dtype=torch.long)
     ctx = ldm.encode(idx, ctx_lens)  # the prompt is encoded on its own, as in training
     g = torch.Generator(device=ldm.device).manual_seed(seed)
-    z = sample_latents(ldm.dit, ctx, ctx_lens, torch.full_like(ctx_lens, length), steps, cfg,
-                       ldm.schedule, ldm.t_mean, ldm.t_std, g)
-    return [ldm.enc.decode(row.tolist()) for row in ldm.decode(z)]
+    z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, ldm.schedule, ldm.t_mean, ldm.t_std, g)
+    tokens = ldm.decode(z, tgt_lens)
+    return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
 
 if __name__ == '__main__':
     from training import LDM

