@@ -60,6 +60,7 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0
 warmup_iters = 100
+lr_decay_iters = 0  # cosine decay to min_lr by this step; 0 = max_iters
 # system
 device = 'cpu'
 dtype = 'bfloat16'
@@ -114,7 +115,7 @@ if env['ddp']:
 
 def get_batch(data, rng):
     """Windows, their context lengths (0 = unconditional) and which contexts are dropped for CFG."""
-    idx, lens = data.sample(batch_size, rng.integers(min_len, block_size + 1, size=batch_size), rng)
+    idx, lens = data.sample(batch_size, int(rng.integers(min_len, block_size + 1)), rng)  # one length per batch: no padding
     ctx_lens = np.floor(rng.uniform(ctx_frac_min, ctx_frac_max, size=batch_size) * lens.numpy()).astype(np.int64)
     ctx_lens = np.clip(ctx_lens, 1, lens.numpy() - 1)
     ctx_lens[rng.random(batch_size) < p_uncond] = 0
@@ -177,7 +178,7 @@ t_start = time.time()
 best_val = float('inf')
 bin_names = ' '.join(f'{a:.1f}-{b:.1f}' for a, b in zip(T_BINS, T_BINS[1:]))
 while True:
-    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, max_iters)
+    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
 

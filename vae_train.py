@@ -31,7 +31,7 @@ eval_interval = 100
 eval_iters = 10
 log_interval = 10
 max_iters = 600
-# data: random truncation, each window's length uniform in [min_len, block_size]
+# data: random truncation, window lengths uniform in [min_len, block_size]
 batch_size = 32
 block_size = 128
 min_len = 8
@@ -57,6 +57,7 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0
 warmup_iters = 50
+lr_decay_iters = 0  # cosine decay to min_lr by this step; 0 = max_iters
 # system
 device = 'cpu'
 dtype = 'bfloat16'
@@ -109,9 +110,9 @@ if env['ddp']:
     model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
 
 def get_batch(data, rng):
-    # random truncation: every window gets its own length
-    lens = rng.integers(min_len, block_size + 1, size=batch_size)
-    idx, lens = data.sample(batch_size, lens, rng)
+    # random truncation: one length per batch (rows of one length waste no compute on padding; only
+    # documents shorter than it give shorter rows)
+    idx, lens = data.sample(batch_size, int(rng.integers(min_len, block_size + 1)), rng)
     return idx.to(device), lens.to(device)
 
 def losses(idx, lens, train=True):
@@ -179,7 +180,7 @@ meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, 
 t_start = time.time()
 best_val = float('inf')
 while True:
-    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, max_iters)
+    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
 

@@ -14,22 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import prepare_data as P  # noqa: E402
 from data import TokenData, get_tokenizer, load_meta, tokenizer_sha256  # noqa: E402
+from conftest import CFG, make_docs  # noqa: E402
 
 CACHE = ROOT / 'data' / 'cache'
-CFG = dict(dataset='embedded', tokenizer='bpe300', seed=3, val_frac=0.1, test_frac=0.1)
 TRICKY = ['', ' ', '\n\n\t ', 'Hello world', '  two  spaces ', 'naïve café — “quotes”', '日本語のテキスト',
           'emoji 🙂👩‍👩‍👧 flags 🇫🇷', 'tab\tend\r\n', 'zero\u200bwidth', '<|endoftext|> as plain text', "don't I'll"]
-
-def make_docs():
-    words = 'the of river castle king queen music film war city 1984 ünïcödé 🙂'.split()
-    rng = np.random.default_rng(0)
-    docs = [dict(source='wikipedia', title=f'Article {i}',
-                 text=' '.join(rng.choice(words, size=rng.integers(5, 60))) + '.') for i in range(50)]
-    docs += [dict(source='literary', title=f'Play {i}',
-                  text=f'ACT {i}.\n\nScene I. A room.\n\nHAMLET.\n' + '\n'.join(rng.choice(words, size=rng.integers(20, 200))))
-             for i in range(30)]
-    docs[7]['text'] += ' <|endoftext|> is only text in a document'
-    return docs
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):

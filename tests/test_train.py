@@ -1,0 +1,96 @@
+"""The training scripts end to end at tiny sizes: they learn, checkpoints round-trip, resuming reproduces
+an uninterrupted run, and bad input gets one clear line."""
+import re
+
+import pytest
+import torch
+
+from conftest import run_script
+
+TINY_VAE = ['--n_embd=32', '--n_head=2', '--n_enc_layer=1', '--n_dec_layer=1', '--latent_channels=4',
+            '--block_size=32', '--batch_size=8', '--eval_iters=2', '--log_interval=1', '--stats_batches=2',
+            '--dtype=float32', '--warmup_iters=2']
+TINY_DIT = ['--n_embd=32', '--n_head=2', '--n_layer=2', '--block_size=32', '--batch_size=8', '--eval_iters=2',
+            '--log_interval=1', '--dtype=float32', '--warmup_iters=2', '--min_len=8']
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+def iter_losses(out):
+    return [float(x) for x in re.findall(r'^iter \d+: loss ([-\d.]+)', out, re.M)]
+
+@pytest.fixture(scope='module')
+def vae_dir(tiny_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('vae'))
+    ok(run_script('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={out}', '--max_iters=60', '--eval_interval=30',
+                  '--repa_weight=0', '--learning_rate=1e-2', *TINY_VAE))
+    return out
+
+def test_vae_learns_and_stores_latent_stats(vae_dir):
+    ckpt = torch.load(f'{vae_dir}/ckpt.pt', weights_only=True)
+    assert ckpt['kind'] == 'vae' and ckpt['iter_num'] == 60 and ckpt['latent_std'].shape == (4,)
+    assert (ckpt['latent_std'] > 0).all()
+
+def test_vae_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
+    common = [f'--data_dir={tiny_data}', '--repa_weight=0', '--lr_decay_iters=8', '--eval_interval=4', *TINY_VAE]
+    straight = ok(run_script('vae_train.py', f'--out_dir={tmp_path}/a', '--max_iters=8', *common))
+    ok(run_script('vae_train.py', f'--out_dir={tmp_path}/b', '--max_iters=4', *common))
+    resumed = ok(run_script('vae_train.py', f'--out_dir={tmp_path}/b', '--max_iters=8', '--init_from=resume', *common))
+    a, b = iter_losses(straight), iter_losses(resumed)
+    assert len(a) == 8 and len(b) == 4
+    assert a[4:] == pytest.approx(b, rel=1e-5)
+    wa = torch.load(f'{tmp_path}/a/ckpt.pt', weights_only=True)['model']
+    wb = torch.load(f'{tmp_path}/b/ckpt.pt', weights_only=True)['model']
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+def test_vae_with_repa_aligns(tiny_data, tmp_path):
+    out = ok(run_script('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}', '--max_iters=40',
+                        '--eval_interval=40', '--learning_rate=1e-2', *TINY_VAE))
+    cos = [float(x) for x in re.findall(r'repa_cos ([-\d.]+)', out)]
+    assert len(cos) == 2 and cos[0] < 0.1 and cos[1] > cos[0] + 0.2  # the REPA loss falls
+
+def test_dit_trains_resumes_and_samples(vae_dir, tiny_data, tmp_path):
+    common = [f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', '--lr_decay_iters=40', '--eval_interval=20', *TINY_DIT]
+    straight = ok(run_script('dit_train.py', f'--out_dir={tmp_path}/a', '--max_iters=40', *common))
+    ok(run_script('dit_train.py', f'--out_dir={tmp_path}/b', '--max_iters=20', *common))
+    resumed = ok(run_script('dit_train.py', f'--out_dir={tmp_path}/b', '--max_iters=40', '--init_from=resume', *common))
+    a, b = iter_losses(straight), iter_losses(resumed)
+    assert a[20:] == pytest.approx(b, rel=1e-5)
+    assert sum(a[-10:]) < sum(a[:10])  # the flow loss goes down
+    out = ok(run_script('sample.py', f'--out_dir={tmp_path}/a', '--prompt=the river', '--length=6', '--steps=4', '--num_samples=2'))
+    assert out.count('--- sample') == 2
+
+@pytest.mark.parametrize('args, message', [
+    (['--max_iter=3'], "unknown config key 'max_iter': did you mean 'max_iters'"),
+    (['--max_iters=three'], "--max_iters expects int"),
+    (['config/no_such.py'], "config file 'config/no_such.py' not found"),
+    (['--data_dir=/nonexistent'], "no prepared data in /nonexistent"),
+    (['--repa_layer=9'], "out of range"),
+    (['--repa_teacher=/nonexistent/teacher'], "teacher"),
+])
+def test_vae_bad_input_is_one_clear_line(tiny_data, args, message):
+    proc = run_script('vae_train.py', f'--data_dir={tiny_data}', '--out_dir=/tmp/never', *TINY_VAE, *args)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+@pytest.mark.parametrize('args, message', [
+    (['--length=0'], '--length must be between 1 and'),
+    (['--length=100000'], '--length must be between 1 and'),
+    (['--steps=0'], 'need steps > 0'),
+    (['--cfg=-1.0'], 'need steps > 0, cfg >= 0'),
+    (['--out_dir=/nonexistent'], 'no checkpoint at /nonexistent/ckpt.pt'),
+])
+def test_sample_bad_input_is_one_clear_line(vae_dir, tiny_data, tmp_path_factory, args, message):
+    dit = str(tmp_path_factory.getbasetemp() / 'dit_for_sample')
+    import os
+    if not os.path.exists(f'{dit}/ckpt.pt'):
+        ok(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', f'--out_dir={dit}',
+                      '--max_iters=2', '--eval_interval=2', *TINY_DIT))
+    proc = run_script('sample.py', f'--out_dir={dit}', *args)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+def test_dit_refuses_a_checkpoint_of_another_kind(vae_dir, tiny_data):
+    proc = run_script('sample.py', f'--out_dir={vae_dir}')
+    assert proc.returncode != 0 and 'is a vae checkpoint, but a dit checkpoint is needed' in proc.stderr
