@@ -21,7 +21,7 @@ from data import TokenData, load_meta, tokenizer_sha256
 from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
 from sample import sample_t
 from training import (setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint,
-                      unwrap_state_dict, load_vae, fingerprint, Meter)
+                      unwrap_state_dict, load_vae, fingerprint, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -50,6 +50,7 @@ t_std = 1.5
 n_embd = 256
 n_head = 4
 n_layer = 6
+self_cond = False  # self-conditioning on the model's own estimate of the clean target, half of the steps
 dropout = 0.0
 ema_decay = 0.999  # 0 turns EMA off
 # optimizer
@@ -91,7 +92,8 @@ C = vae.cfg.latent_channels
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
-model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer, dropout=dropout)
+model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
+                  self_cond=self_cond, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
@@ -134,8 +136,12 @@ def flow_loss(net, batch, generator=None):
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
+    x1_hat = None
+    if self_cond and torch.rand(1, generator=generator, device=device).item() < 0.5:
+        with torch.no_grad(), ctx:  # first a pass without an estimate, then learn to refine its x1 = x_t + (1 - t) v
+            x1_hat = x + (1 - t[:, None, None]) * net(x, t, is_target, mask).float()
     with ctx:
-        v = net(x, t, is_target, mask)
+        v = net(x, t, is_target, mask, x1_hat)
     v = take_segment(v.float(), ctx_lens, x1.size(1))
     tmask = lengths_to_mask(tgt_lens, x1.size(1))
     per_sample = ((v - (x1 - x0)) ** 2).mean(-1).mul(tmask).sum(1) / tgt_lens  # (B,)
@@ -220,5 +226,6 @@ while True:
 
 if master:
     print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
+    write_summary(out_dir, dict(iters=iter_num, minutes=round((time.time() - t_start) / 60, 2), final_eval=ev, **meter.summary()))
 if env['ddp']:
     torch.distributed.destroy_process_group()

@@ -221,6 +221,7 @@ class DiTConfig:
     n_embd: int = 256
     n_head: int = 4
     n_layer: int = 6
+    self_cond: bool = False  # also input the previous estimate of the clean target (Analog Bits / CDCD)
     bias: bool = False
     dropout: float = 0.0
 
@@ -239,7 +240,7 @@ class TextDiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd
-        self.in_proj = nn.Linear(cfg.latent_channels, d)
+        self.in_proj = nn.Linear(cfg.latent_channels * (2 if cfg.self_cond else 1), d)
         self.segment = nn.Embedding(2, d)  # 0: context, 1: target
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.body = Transformer(cfg.n_layer, d, cfg.n_head, adaln=True, bias=cfg.bias, dropout=cfg.dropout)
@@ -255,9 +256,12 @@ class TextDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, is_target, mask=None):
+    def forward(self, x, t, is_target, mask=None, x1_hat=None):
         """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask (B, T) bool
-        for real positions -> velocity (B, T, C); only the target positions' output is meaningful."""
+        for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
+        x1_hat (B, T, C): with self_cond, an earlier estimate of the clean latents (zeros: none yet)."""
+        if self.cfg.self_cond:
+            x = torch.cat([x, torch.zeros_like(x) if x1_hat is None else x1_hat * is_target[..., None]], dim=-1)
         h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
         c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
         h = self.body(h, mask, c)

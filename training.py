@@ -4,8 +4,11 @@ setup, precision, optimizer, learning-rate schedule and checkpoint files. Each s
 loop, nanoGPT style; these are the parts that would otherwise be written three times.
 """
 import hashlib
+import json
 import math
 import os
+import statistics
+import sys
 import time
 from contextlib import nullcontext
 
@@ -86,15 +89,31 @@ class Meter:
 
     def __init__(self, flops_per_token, peak):
         self.flops_per_token, self.peak = flops_per_token, peak
-        self.t0, self.tokens = time.time(), 0
+        self.t0 = time.time()
+        self.step_seconds, self.total_tokens = [], 0
 
     def lap(self, tokens):
         """Call after each step with the tokens it processed; returns (seconds, tokens/s, MFU or None)."""
         now = time.time()
         dt, self.t0 = now - self.t0, now
+        self.step_seconds.append(dt)
+        self.total_tokens += tokens
         tps = tokens / max(dt, 1e-9)
         mfu = None if self.peak is None else tps * self.flops_per_token / self.peak
         return dt, tps, mfu
+
+    def summary(self):
+        """Training throughput over the whole run (evaluation excluded), for summary.json."""
+        train_s = sum(self.step_seconds)
+        return dict(train_seconds=round(train_s, 1), tokens_per_s=round(self.total_tokens / max(train_s, 1e-9)),
+                    median_step_ms=round(1000 * statistics.median(self.step_seconds or [0]), 1))
+
+def write_summary(out_dir, summary):
+    """The run's final figures and its command, next to its checkpoint (bench/ scripts collect them)."""
+    summary = dict(summary, command='python ' + ' '.join(sys.argv), torch=torch.__version__,
+                   device=torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu x{os.cpu_count()}')
+    with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
 
 def fingerprint(state_dict):
     """A short hash of a model's weights: a DiT records the VAE it was trained on."""

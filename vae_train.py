@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
 from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint, unwrap_state_dict, Meter
+from training import setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint, unwrap_state_dict, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -220,5 +220,6 @@ while True:
 
 if master:
     print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
+    write_summary(out_dir, dict(iters=iter_num, minutes=round((time.time() - t_start) / 60, 2), final_eval=ev, **meter.summary()))
 if env['ddp']:
     torch.distributed.destroy_process_group()
