@@ -18,9 +18,10 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # the shared Transformer block
 
-def rope_cache(T, head_dim, device, base=10000.0):
+def rope_cache(T, head_dim, device, base=10000.0, start=0):
+    # the angles of positions start .. start+T-1 (start > 0: new tokens after a KV cache)
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    freqs = torch.outer(torch.arange(start, start + T, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
     return freqs.cos(), freqs.sin()
 
 def apply_rope(x, cos, sin):
@@ -32,6 +33,22 @@ def apply_rope(x, cos, sin):
 def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
+class KVCache:
+    """One attention layer's keys and values of the tokens seen so far, for sampling a token at a time."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.size(2)
+
+    def update(self, k, v):
+        """Append the new keys/values (B, nh, T, hd); returns all of them."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
 class Attention(nn.Module):
 
     def __init__(self, n_embd, n_head, causal, bias):
@@ -41,13 +58,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
 
-    def forward(self, x, rope, mask=None):
+    def forward(self, x, rope, mask=None, cache=None):
         B, T, C = x.size()
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         # mask: (B, T) True for real tokens; padded keys are hidden from every query
         attn_mask = None if mask is None else mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal)
+        is_causal = self.causal
+        if cache is not None:
+            # the prompt fills an empty cache (causal as usual); after it, each single new query may see
+            # every cached key, and SDPA's is_causal would wrongly let it see only the first
+            assert T == 1 or len(cache) == 0, "a KV cache takes the prompt first, then one token at a time"
+            k, v = cache.update(k, v)
+            is_causal = self.causal and T > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 class MLP(nn.Module):
@@ -74,13 +98,13 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd)) if adaln else None
 
-    def forward(self, x, rope, mask=None, c=None):
+    def forward(self, x, rope, mask=None, c=None, cache=None):
         if self.adaln is None:
-            x = x + self.drop(self.attn(self.ln1(x), rope, mask))
+            x = x + self.drop(self.attn(self.ln1(x), rope, mask, cache))
             return x + self.drop(self.mlp(self.ln2(x)))
         # c: (B, 1, D) one vector per sample, or (B, T, D) one per position
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c).chunk(6, dim=-1)
-        x = x + gate1 * self.drop(self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask))
+        x = x + gate1 * self.drop(self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask, cache))
         return x + gate2 * self.drop(self.mlp(modulate(self.ln2(x), shift2, scale2)))
 
 class Transformer(nn.Module):
@@ -92,10 +116,11 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList([Block(n_embd, n_head, causal, adaln, bias, dropout) for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
 
-    def forward(self, x, mask=None, c=None):
-        rope = rope_cache(x.size(1), self.head_dim, x.device)
-        for block in self.blocks:
-            x = block(x, rope, mask, c)
+    def forward(self, x, mask=None, c=None, cache=None):
+        """cache: a list of one KVCache per block (sampling); x then holds the tokens after the cached ones."""
+        rope = rope_cache(x.size(1), self.head_dim, x.device, start=len(cache[0]) if cache else 0)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, c, cache[i] if cache else None)
         return self.ln_f(x)
 
 def init_weights(module, std=0.02):
@@ -188,10 +213,8 @@ def num_params(model, non_embedding=True):
     """Parameters, without the token embedding and vocabulary head when non_embedding (as the paper
     counts: 223M of each VAE are embedding + head)."""
     n = sum(p.numel() for p in model.parameters())
-    if non_embedding:
-        for name in ('wte', 'lm_head'):
-            if hasattr(model, name):
-                n -= getattr(model, name).weight.numel()
+    if non_embedding:  # a set: the GPT's tied embedding and head are one matrix, counted once
+        n -= sum(w.numel() for w in {getattr(model, name).weight for name in ('wte', 'lm_head') if hasattr(model, name)})
     return n
 
 def flops_per_token(model, T, n_layer, n_embd):
@@ -300,3 +323,66 @@ def take_segment(x, start, length):
     if x.dim() == 2:
         return x.gather(1, idx)
     return x.gather(1, idx[..., None].expand(-1, -1, x.size(2)))
+
+# -----------------------------------------------------------------------------
+# GPT: the autoregressive baseline, trained on the same windows as the DiT
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096
+    block_size: int = 128  # longest sequence: prompt + new tokens when sampling
+    n_embd: int = 256
+    n_head: int = 4
+    n_layer: int = 6
+    bias: bool = False
+    dropout: float = 0.0
+
+class GPT(nn.Module):
+    """GPT-2 with RoPE: the token embedding and the head are one matrix (tied, as in GPT-2)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.body = Transformer(cfg.n_layer, cfg.n_embd, cfg.n_head, causal=True, bias=cfg.bias, dropout=cfg.dropout)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self.apply(init_weights)
+        scale_residual_init(self, cfg.n_layer)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, vocab), and with targets (B, T) the mean next-token cross-entropy
+        over the positions whose target is not -1 (padding), else None."""
+        logits = self.lm_head(self.body(self.wte(idx)))
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+        """Continue the prompts idx (B, T), all of one length T >= 1, by max_new_tokens -> (B, T + max_new_tokens).
+        Keys and values are cached: the prompt is read once, then each step feeds only the newest token."""
+        if idx.size(1) + max_new_tokens > self.cfg.block_size:
+            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceed block_size {self.cfg.block_size}")
+        cache = [KVCache() for _ in self.body.blocks]
+        x = idx
+        for _ in range(max_new_tokens):
+            logits = self.lm_head(self.body(self.wte(x), cache=cache)[:, -1])  # the head on the last position only
+            x = next_token(logits.float(), temperature, top_k, top_p, greedy, generator)  # (B, 1)
+            idx = torch.cat([idx, x], dim=1)
+        return idx
+
+def next_token(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+    """Draw one token per row from logits (B, vocab): argmax if greedy, else softmax(logits / temperature)
+    restricted to the top_k most likely tokens and to the nucleus (the fewest whose mass reaches top_p)."""
+    if greedy:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None:
+        probs, order = logits.softmax(-1).sort(-1, descending=True)
+        drop = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p (never the first)
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)

@@ -169,3 +169,45 @@ class LDM:
     def decode(self, z, lens):
         """Normalised latents (B, T, C) with lengths (B,) -> token ids (B, T), the most likely at each position."""
         return self.vae.decode(z * self.std + self.mean, lengths_to_mask(lens, z.size(1))).argmax(-1)
+
+def load_gpt(out_dir, device):
+    """The trained GPT of out_dir/ckpt.pt, ready to sample, and its tokenizer."""
+    from data import get_tokenizer, load_meta, tokenizer_sha256
+    from model import GPT, GPTConfig
+    ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'gpt')
+    data_dir = ckpt['config']['data_dir']
+    meta = load_meta(data_dir)
+    if tokenizer_sha256(meta) != ckpt['tokenizer_sha256']:
+        raise SystemExit(f"error: the tokenizer in {data_dir} is not the one the GPT in {out_dir} was trained with")
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    model.load_state_dict(unwrap_state_dict(ckpt['model']))
+    model.to(device).eval().requires_grad_(False)
+    return model, get_tokenizer(meta, data_dir)
+
+@torch.no_grad()
+def gpt_generate(model, enc, prompts, lengths, temperature=1.0, top_k=None, top_p=None, greedy=False, seed=0):
+    """Continue each prompt (a non-empty string) by `lengths` tokens (an int, or one per prompt) -> list of
+    strings. GPT.generate takes prompts of one length, so prompts of equal token length are sampled together
+    (shortest first, from one generator): a sample depends on the seed and the whole list of prompts.
+    A prompt longer than the context left beside its new tokens keeps its end."""
+    lengths = [lengths] * len(prompts) if isinstance(lengths, int) else list(lengths)
+    block_size, device = model.cfg.block_size, model.wte.weight.device
+    if not all(1 <= n < block_size for n in lengths):
+        raise SystemExit(f"error: every length must be between 1 and {block_size - 1} tokens for this GPT")
+    ids = [enc.encode_ordinary(p) for p in prompts]
+    if not all(ids):  # documents are not separated by <|endoftext|> in training: there is no start token
+        raise SystemExit("error: the GPT needs a non-empty prompt")
+    if any(len(i) + n > block_size for i, n in zip(ids, lengths)):
+        print("warning: a prompt is longer than the context this GPT has beside the new tokens: keeping its end")
+        ids = [i[max(0, len(i) - (block_size - n)):] for i, n in zip(ids, lengths)]
+    groups = {}
+    for b, i in enumerate(ids):
+        groups.setdefault(len(i), []).append(b)
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = [None] * len(prompts)
+    for T, rows in sorted(groups.items()):
+        idx = torch.tensor([ids[b] for b in rows], dtype=torch.long, device=device)
+        new = model.generate(idx, max(lengths[b] for b in rows), temperature, top_k, top_p, greedy, g)[:, T:]
+        for b, row in zip(rows, new):
+            out[b] = enc.decode(row[:lengths[b]].tolist())
+    return out

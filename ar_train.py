@@ -1,0 +1,164 @@
+"""
+The autoregressive baseline: a GPT trained with next-token cross-entropy under the DiT's settings.
+
+    python ar_train.py config/gpt_tiny.py                         # the embedded default, CPU
+    torchrun --nproc_per_node=8 ar_train.py config/gpt_medium.py  # the paper's GPT-2-medium baseline
+
+For a fair comparison everything but the objective is the DiT's: the same data and tokenizer, windows of
+one length per batch uniform in [min_len, block_size], the same batch size, optimizer, learning-rate
+schedule and precision. A window of L tokens gives L - 1 next-token predictions; rows shorter than the
+batch's length (short documents) are padded, and the padding is left out of the loss.
+"""
+import os
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data import TokenData, load_meta, tokenizer_sha256
+from model import GPT, GPTConfig, lengths_to_mask, flops_per_token, peak_flops
+from training import setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint, unwrap_state_dict, Meter, write_summary
+
+# -----------------------------------------------------------------------------
+# default config: the embedded dataset, sized for a 2-core CPU (data and optimizer as in dit_train.py)
+out_dir = 'out/gpt_tiny'
+data_dir = 'data/embedded'
+init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 250
+eval_iters = 10
+log_interval = 10
+max_iters = 2000
+# data: window length uniform in [min_len, block_size], one length per batch
+batch_size = 32
+block_size = 128
+min_len = 16
+# model
+n_embd = 256
+n_head = 4
+n_layer = 6
+dropout = 0.0
+# optimizer
+learning_rate = 1e-3
+min_lr = 1e-4
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+warmup_iters = 100
+lr_decay_iters = 0  # cosine decay to min_lr by this step; 0 = max_iters
+# system
+device = 'cpu'
+dtype = 'bfloat16'
+compile = False
+backend = 'gloo'  # 'nccl' on GPUs
+seed = 1337
+peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPUs)
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())  # overrides from the command line or a config file
+config = plain_config(globals())
+# -----------------------------------------------------------------------------
+
+if not 2 <= min_len <= block_size:
+    raise SystemExit(f"error: need 2 <= min_len <= block_size (a window of L tokens gives L - 1 predictions), "
+                     f"got min_len={min_len}, block_size={block_size}")
+env = setup(device, dtype, backend, seed)
+device, ctx, master = env['device'], env['ctx'], env['master']
+meta = load_meta(data_dir)
+train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+
+model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
+                  n_layer=n_layer, dropout=dropout)
+iter_num, ckpt = 0, None
+if init_from == 'resume':
+    ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'gpt')
+    if ckpt['tokenizer_sha256'] != tokenizer_sha256(meta):
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with another tokenizer than the one in {data_dir}")
+    model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
+model = GPT(GPTConfig(**model_args)).to(device)
+if ckpt:
+    model.load_state_dict(unwrap_state_dict(ckpt['model']))
+optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), env['device_type'])
+if ckpt:
+    optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = None  # free memory
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if env['ddp']:
+    model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+
+def get_batch(data, rng):
+    """Inputs x and targets y (B, L - 1) of windows of one length L (only documents shorter than L give
+    shorter rows); y is -1 past a row's end, which the loss ignores. Also the window lengths."""
+    idx, lens = data.sample(batch_size, int(rng.integers(min_len, block_size + 1)), rng)
+    y = idx[:, 1:].masked_fill(~lengths_to_mask(lens - 1, idx.size(1) - 1), -1)
+    return idx[:, :-1].to(device), y.to(device), lens.to(device)
+
+@torch.no_grad()
+def evaluate():
+    """Mean val cross-entropy over eval_iters fixed batches."""
+    model.eval()
+    total = 0.0
+    for k in range(eval_iters):
+        x, y, _ = get_batch(val_data, np.random.default_rng([seed, 1, k]))  # the same val batches every time
+        with ctx:
+            total += raw_model(x, y)[1].item() / eval_iters
+    model.train()
+    return total
+
+def checkpoint(best_val):
+    save_checkpoint(dict(kind='gpt', model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
+                         iter_num=iter_num, best_val_loss=best_val, config=config, tokenizer_sha256=tokenizer_sha256(meta)),
+                    os.path.join(out_dir, 'ckpt.pt'))
+
+# -----------------------------------------------------------------------------
+# the training loop
+if master:
+    print(f"GPT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, vocab {meta['vocab_size']}")
+meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops))
+t_start = time.time()
+best_val = float('inf')
+while True:
+    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        val_loss = evaluate()
+        if master:
+            print(f"step {iter_num}: val loss {val_loss:.4f} [{(time.time() - t_start) / 60:.1f} min]")
+            best_val = min(best_val, val_loss)
+            if iter_num > 0:
+                checkpoint(best_val)
+    if iter_num == max_iters:
+        break
+
+    # step k's data (and dropout) depend only on (seed, rank, k): resuming reproduces the uninterrupted run
+    torch.manual_seed(seed + 1000003 * env['rank'] + iter_num)
+    x, y, lens = get_batch(train_data, np.random.default_rng([seed, 0, env['rank'], iter_num]))
+    with ctx:
+        _, loss = model(x, y)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lossf = loss.item()
+    if not np.isfinite(lossf):
+        raise SystemExit(f"error: loss is {lossf} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
+                         f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
+    dt, tps, mfu = meter.lap(lens.sum().item() * env['world'])
+    iter_num += 1
+    if iter_num % log_interval == 0 and master:
+        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
+              + (f", mfu {mfu:.2%}" if mfu is not None else ""))
+
+if master:
+    print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
+    write_summary(out_dir, dict(iters=iter_num, minutes=round((time.time() - t_start) / 60, 2), final_eval=dict(val_loss=val_loss),
+                                **meter.summary()))
+if env['ddp']:
+    torch.distributed.destroy_process_group()
