@@ -28,7 +28,7 @@ init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 250
 eval_iters = 10
 log_interval = 10
-max_iters = 2000
+max_iters = 750
 # data: window length uniform in [min_len, block_size], one length per batch
 batch_size = 32
 block_size = 128

@@ -32,7 +32,7 @@ init_from = 'scratch'  # 'scratch' or 'resume'
 eval_interval = 250
 eval_iters = 10
 log_interval = 10
-max_iters = 2000
+max_iters = 750
 # data: window length uniform in [min_len, block_size]; the context takes a fraction of it uniform in
 # [ctx_frac_min, ctx_frac_max] (the paper samples lengths uniformly)
 batch_size = 32

@@ -30,7 +30,7 @@ init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 100
 eval_iters = 10
 log_interval = 10
-max_iters = 600
+max_iters = 350
 # data: random truncation, window lengths uniform in [min_len, block_size]
 batch_size = 32
 block_size = 128

@@ -11,5 +11,5 @@ n_dec_layer = 2
 latent_channels = 16
 repa_teacher = 'minilm'
 repa_layer = -3
-max_iters = 600
+max_iters = 350
 dtype = 'bfloat16'

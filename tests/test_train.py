@@ -81,15 +81,28 @@ def test_vae_bad_input_is_one_clear_line(tiny_data, args, message):
     (['--cfg=-1.0'], 'need steps > 0, cfg >= 0'),
     (['--out_dir=/nonexistent'], 'no checkpoint at /nonexistent/ckpt.pt'),
 ])
-def test_sample_bad_input_is_one_clear_line(vae_dir, tiny_data, tmp_path_factory, args, message):
-    dit = str(tmp_path_factory.getbasetemp() / 'dit_for_sample')
-    import os
-    if not os.path.exists(f'{dit}/ckpt.pt'):
-        ok(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', f'--out_dir={dit}',
-                      '--max_iters=2', '--eval_interval=2', *TINY_DIT))
-    proc = run_script('sample.py', f'--out_dir={dit}', *args)
+def test_sample_bad_input_is_one_clear_line(dit_dir, args, message):
+    proc = run_script('sample.py', f'--out_dir={dit_dir}', *args)
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert message in proc.stderr, proc.stderr
+
+@pytest.fixture(scope='module')
+def dit_dir(vae_dir, tiny_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('dit'))
+    ok(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', f'--out_dir={out}',
+                  '--max_iters=2', '--eval_interval=2', *TINY_DIT))
+    return out
+
+def test_sample_refuses_a_vae_the_dit_was_not_trained_on(vae_dir, dit_dir, tmp_path):
+    ckpt = torch.load(f'{vae_dir}/ckpt.pt', weights_only=True)
+    ckpt['model']['to_moments.weight'] += 0.01  # another VAE of the same shape
+    torch.save(ckpt, tmp_path / 'other.pt')
+    proc = run_script('sample.py', f'--out_dir={dit_dir}', f'--vae_ckpt={tmp_path}/other.pt')
+    assert proc.returncode != 0 and 'was trained on another VAE' in proc.stderr and 'Traceback' not in proc.stderr
+
+def test_sample_keeps_the_end_of_a_long_prompt(dit_dir):
+    out = ok(run_script('sample.py', f'--out_dir={dit_dir}', '--prompt=' + 'the river king ' * 40, '--length=8', '--steps=2'))
+    assert 'warning: a prompt is longer than the context' in out and '--- sample 1/1' in out
 
 def test_dit_refuses_a_checkpoint_of_another_kind(vae_dir, tiny_data):
     proc = run_script('sample.py', f'--out_dir={vae_dir}')

@@ -1,0 +1,160 @@
+"""eval.py: the split of a sample, the metrics on texts whose answer is known, the benchmark loaders on
+local stand-ins, every kind of model end to end at tiny sizes, repeatability and bad input."""
+import json
+
+import numpy as np
+import pytest
+
+import eval as ev
+from conftest import make_docs, run_script
+from data import get_tokenizer, load_meta
+from test_gpt import TINY_GPT
+from test_train import TINY_DIT, TINY_VAE, ok
+
+def test_split_lies_in_40_to_60_percent_and_never_cuts_a_token(tiny_data):
+    enc = get_tokenizer(load_meta(tiny_data), tiny_data)  # a 300-token BPE: the accents and the emoji span tokens
+    rng = np.random.default_rng(0)
+    texts = [d['text'] for d in make_docs()] + ['ünïcödé 🙂🙂 ' * 30]
+    cuts = []
+    for text in texts:
+        ids = enc.encode_ordinary(text)
+        for start in (0, 1, 3):  # windows that begin inside a character too
+            window = ids[start:start + 64]
+            if len(window) < 8:
+                continue
+            prefix, target, k, n = ev.split_window(window, enc.decode, rng)
+            assert n == len(window)
+            cut = len(window) - k
+            assert 0.4 <= cut / len(window) <= 0.6
+            assert enc.decode(window[:cut]) == prefix and enc.decode(window[cut:]) == target
+            assert prefix + target == enc.decode(window)
+            cuts.append(cut / len(window))
+    assert len(cuts) > 100 and np.std(cuts) > 0.04  # spread over the range, not always the middle
+
+def test_samples_fill_up_with_later_windows_of_long_documents():
+    chars = lambda text: list(text)  # a character tokenizer
+    docs = ['x' * 109, 'abcdefghij', 'tiny']
+    samples = ev.make_samples(iter(docs), chars, ''.join, 20, 12, 8, np.random.default_rng(0))
+    # two first windows ('tiny' is under 8 tokens), then the long document's later windows: four of 20 and
+    # its 9-token tail: 7 of the 12 asked for
+    assert len(samples) == 7 and sum(p.startswith('abc') for p, *_ in samples) == 1
+    assert sorted(n for *_, n in samples) == sorted(len(p) + len(t) for p, t, _, _ in samples) == [9, 10] + [20] * 5
+
+def test_rouge_of_a_text_with_itself_and_with_another():
+    text = 'The castle stands on a hill above the river, and the king rode out at dawn.'
+    other = 'Quantum chromodynamics describes quarks bound by gluons into hadrons.'
+    assert ev.rouge([text], [text]) == {'rouge1': 100.0, 'rouge2': 100.0, 'rougeL': 100.0}
+    assert max(ev.rouge([other], [text]).values()) < 15
+
+def domain_sentences(kind, n, seed):
+    rng = np.random.default_rng(seed)
+    if kind == 'play':
+        who, verb, what = ['Thou', 'My lord, thou', 'Good sir, thou', 'Sweet lady, thou'], ['dost', 'shalt', 'wouldst', 'hast'], \
+            ['wrong thy heart with idle vows', 'speak of love beneath the moon', 'not betray thy gentle king', 'weep for me anon']
+        return [f"{rng.choice(who)} {rng.choice(verb)} {rng.choice(what)}, forsooth!" for _ in range(n)]
+    subj, verb, what = ['The city', 'The river', 'The company', 'The album'], ['was founded in', 'is located in', 'was released in', 'expanded in'], \
+        ['1984 in northern Germany', 'the county of Kent', 'the United States', 'the year 2003 by its owners']
+    return [f"{rng.choice(subj)} {rng.choice(verb)} {rng.choice(what)}, according to the census." for _ in range(n)]
+
+def test_mauve_is_high_on_the_same_set_and_low_across_domains():
+    featurize = ev.Featurizer('minilm', 'cpu')
+    wiki, wiki2, play = domain_sentences('wiki', 50, 0), domain_sentences('wiki', 50, 1), domain_sentences('play', 50, 2)
+    assert ev.mauve_score(featurize, wiki, wiki)['mauve'] > 99
+    assert ev.mauve_score(featurize, wiki2, wiki)['mauve'] > 50  # another draw of the same domain
+    assert ev.mauve_score(featurize, play, wiki)['mauve'] < 10
+
+def test_hf_benchmark_loaders_read_local_stand_ins(tmp_path):
+    import datasets
+    texts = [f'Document number {i} says something.' for i in range(30)]
+    for name in ev.HF_BENCHMARKS:  # parquet for one (datasets waits 5 s after a parquet stream), jsonl for the others
+        if name == 'wikipedia_hf':
+            datasets.Dataset.from_dict({'text': texts, 'id': list(range(30))}).to_parquet(str(tmp_path / f'{name}.parquet'))
+        else:
+            (tmp_path / f'{name}.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
+        got = list(ev.documents(name, None, '', str(tmp_path), seed=0))
+        assert sorted(got) == sorted(texts) and got != texts  # all of them, shuffled
+        assert list(ev.documents(name, None, '', str(tmp_path), seed=0)) == got
+    with pytest.raises(SystemExit, match='no lm1b.parquet or lm1b.jsonl in /nonexistent'):
+        next(ev.documents('lm1b', None, '', '/nonexistent'))
+
+@pytest.fixture(scope='module')
+def hf_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('hf')
+    stories = [f'Once upon a time a little {w} found a red ball in the park. It was very happy and played all day.'
+               for w in ('dog', 'cat', 'girl', 'boy', 'bird', 'fox', 'bear', 'frog')]
+    (d / 'tinystories.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in stories))
+    return str(d)
+
+def run_eval(*args):
+    return ok(run_script('eval.py', *args))
+
+def test_same_seed_gives_the_same_numbers(tiny_data, hf_dir, tmp_path):
+    args = ['--model=unigram', f'--data_dir={tiny_data}', f'--hf_local_dir={hf_dir}', '--benchmarks=wikipedia,literary,tinystories',
+            '--num_samples=12', '--block_size=32']
+    for run in ('a', 'b'):
+        run_eval(*args, f'--out_file={tmp_path}/{run}/unigram.json')
+    ref = f'{tmp_path}/a/reference.json'
+    run_eval(*args, '--model=reference', '--benchmarks=wikipedia', f'--out_file={ref}', '--metrics=rouge,bertscore')
+    a, b = (json.load(open(f'{tmp_path}/{run}/unigram.json'))['results'] for run in 'ab')
+    assert a == b and set(a['literary']) >= {'n', 'rouge1', 'rouge2', 'rougeL', 'mauve', 'bertscore'}
+    assert a['literary']['n'] == a['tinystories']['n'] == 12  # 3 plays and 8 stories: later windows fill up
+    r = json.load(open(ref))
+    assert r['results']['wikipedia']['rougeL'] == pytest.approx(100) and r['results']['wikipedia']['bertscore'] == pytest.approx(100, abs=1e-3)
+    assert r['results']['wikipedia']['rouge1'] > a['wikipedia']['rouge1']
+    assert r['command'].startswith('python eval.py --model=unigram') and r['config']['model'] == 'reference'
+    table = open(f'{tmp_path}/a/table.md').read().splitlines()
+    assert len(table) == 2 + 2 + 2 and table[0].startswith('| model | window | wikipedia ROUGE-1 | wikipedia ROUGE-2 |')
+    assert table[2].startswith('| reference | 32 | 100.0 | 100.0 | 100.0 | 100.0 |  |') and table[3].startswith('| unigram | 32 | ')
+
+def test_pretrained_gpt2_path_with_a_tiny_local_gpt2(tiny_data, hf_dir, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([d['text'] for d in make_docs()], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=['<|endoftext|>'], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token='<|endoftext|>', bos_token='<|endoftext|>')
+    tok.save_pretrained(tmp_path / 'gpt2')
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(tmp_path / 'gpt2')
+    gen, encode, decode, context = ev.load_model('gpt2', str(tmp_path / 'gpt2'), 'cpu', tiny_data)
+    assert context == 48
+    prompts, lengths = ['the river and the', 'ACT 1. Scene I. A room. ' * 5], [5, 30]  # prompt + 30 > 48: keeps its end
+    a = gen(prompts, lengths, seed=0)
+    assert a == gen(prompts, lengths, seed=0) and a != gen(prompts, lengths, seed=1)
+    run_eval('--model=gpt2', f'--out_dir={tmp_path}/gpt2', f'--data_dir={tiny_data}', f'--hf_local_dir={hf_dir}',
+             '--benchmarks=wikipedia,tinystories', '--num_samples=6', '--metrics=rouge', f'--out_file={tmp_path}/gpt2.json')
+    res = json.load(open(f'{tmp_path}/gpt2.json'))
+    assert res['window'] == 48 and res['results']['tinystories']['n'] == 6 and 'rougeL' in res['results']['wikipedia']
+
+@pytest.fixture(scope='module')
+def trained(tiny_data, tmp_path_factory):
+    """A tiny TextLDM and a tiny GPT: a few steps each, enough to run them, not to be good."""
+    d = tmp_path_factory.mktemp('models')
+    common = [f'--data_dir={tiny_data}', '--eval_interval=10', '--max_iters=10']
+    ok(run_script('vae_train.py', *common, f'--out_dir={d}/vae', '--repa_weight=0', *TINY_VAE))
+    ok(run_script('dit_train.py', *common, f'--out_dir={d}/dit', f'--vae_ckpt={d}/vae/ckpt.pt', *TINY_DIT))
+    ok(run_script('ar_train.py', *common, f'--out_dir={d}/gpt', *TINY_GPT))
+    return str(d)
+
+@pytest.mark.parametrize('model', ['textldm', 'gpt'])
+def test_trained_models_with_the_context_shuffle_test(trained, tiny_data, model, tmp_path):
+    run_eval(f'--model={model}', f'--out_dir={trained}/{"dit" if model == "textldm" else "gpt"}', f'--data_dir={tiny_data}',
+             '--num_samples=8', '--steps=4', '--metrics=rouge', '--shuffle_test=True', '--batch_size=4',
+             f'--out_file={tmp_path}/{model}.json')
+    res = json.load(open(f'{tmp_path}/{model}.json'))
+    assert res['window'] == 32
+    for bench in ('wikipedia', 'literary'):
+        assert res['results'][bench]['n'] == 8 and 0 <= res['results'][bench]['ctx_unchanged'] <= 100
+
+@pytest.mark.parametrize('args, message', [
+    (['--benchmarks=wikipedia,nope'], "unknown benchmark 'nope': choose from wikipedia, literary, tinystories, lm1b, wikipedia_hf, wikisource"),
+    (['--metrics=rouge,bleu'], "unknown metric 'bleu': choose from rouge, bertscore, mauve"),
+    (['--model=gpt5'], "unknown model 'gpt5': choose from textldm, gpt, gpt2"),
+    (['--model=reference', '--shuffle_test=True'], "shuffle_test needs a model that reads its prompt"),
+    (['--model=unigram', '--benchmarks=lm1b', '--hf_local_dir=/nonexistent', '--metrics=rouge'], "no lm1b.parquet or lm1b.jsonl in /nonexistent"),
+])
+def test_bad_input_is_one_clear_line(tiny_data, args, message):
+    proc = run_script('eval.py', f'--data_dir={tiny_data}', *args)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
