@@ -14,11 +14,10 @@ import time
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import TokenData, load_meta, tokenizer_sha256
 from model import GPT, GPTConfig, lengths_to_mask, flops_per_token, peak_flops
-from training import setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint, unwrap_state_dict, Meter, write_summary
+from training import setup, prepare_model, get_lr, plain_config, save_checkpoint, load_checkpoint, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU (data and optimizer as in dit_train.py)
@@ -77,18 +76,8 @@ if init_from == 'resume':
     if ckpt['tokenizer_sha256'] != tokenizer_sha256(meta):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with another tokenizer than the one in {data_dir}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
-model = GPT(GPTConfig(**model_args)).to(device)
-if ckpt:
-    model.load_state_dict(unwrap_state_dict(ckpt['model']))
-optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), env['device_type'])
-if ckpt:
-    optimizer.load_state_dict(ckpt['optimizer'])
-    ckpt = None  # free memory
-raw_model = model
-if compile:
-    model = torch.compile(model)
-if env['ddp']:
-    model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+model, raw_model, optimizer = prepare_model(GPT(GPTConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
+ckpt = None  # free memory
 
 def get_batch(data, rng):
     """Inputs x and targets y (B, L - 1) of windows of one length L (only documents shorter than L give

@@ -15,13 +15,12 @@ import time
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import TokenData, load_meta, tokenizer_sha256
 from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
 from sample import sample_t
-from training import (setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint,
-                      unwrap_state_dict, load_vae, fingerprint, Meter, write_summary)
+from training import (setup, prepare_model, get_lr, plain_config, save_checkpoint, load_checkpoint,
+                      load_vae, fingerprint, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -100,20 +99,11 @@ if init_from == 'resume':
     if ckpt['vae_fingerprint'] != fingerprint(vae.state_dict()):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained on another VAE than {vae_ckpt}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
-model = TextDiT(DiTConfig(**model_args)).to(device)
-ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
-optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), env['device_type'])
-if ckpt:
-    model.load_state_dict(unwrap_state_dict(ckpt['model']))
-    if ema is not None and ckpt['ema'] is not None:
-        ema.load_state_dict(ckpt['ema'])
-    optimizer.load_state_dict(ckpt['optimizer'])
-    ckpt = None
-raw_model = model
-if compile:
-    model = torch.compile(model)
-if env['ddp']:
-    model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+model, raw_model, optimizer = prepare_model(TextDiT(DiTConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
+ema = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay > 0 else None
+if ema is not None and ckpt and ckpt['ema'] is not None:
+    ema.load_state_dict(ckpt['ema'])
+ckpt = None  # free memory
 
 def get_batch(data, rng):
     """Windows, their context lengths (0 = unconditional) and which contexts are dropped for CFG."""

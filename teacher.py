@@ -85,7 +85,7 @@ class Teacher:
             self.model = AutoModel.from_pretrained(source, local_files_only=True, **kw)
         except (OSError, ValueError, ImportError) as e:
             hub = source == name and not os.path.isdir(name)
-            hint = (f"download it (hf download {name} --local-dir DIR) and pass teacher=DIR, or set HF_HOME to a "
+            hint = (f"download it (hf download {name} --local-dir DIR) and pass --repa_teacher=DIR, or set HF_HOME to a "
                     f"cache holding it; offline teachers: {', '.join(PACKAGED)}" if hub else ' '.join(str(e).split())[:300])
             raise SystemExit(f"error: cannot load teacher '{name}' offline: {hint}")
         if not self.tok.is_fast:
@@ -95,7 +95,7 @@ class Teacher:
         cfg = self.model.config
         n = cfg.num_hidden_layers
         if not -(n + 1) <= layer <= n:
-            raise SystemExit(f"error: teacher_layer={layer} is out of range for '{name}' with {n} layers: use "
+            raise SystemExit(f"error: repa_layer={layer} is out of range for '{name}' with {n} layers: use "
                              f"{-(n + 1)}..{n} (index into hidden_states: 0 = embeddings, -3 = 3rd-to-last)")
         self.layer, self.width = layer % (n + 1), cfg.hidden_size
         self.enc, self.same_tokenizer, self.bf16, self.device = enc, same_tokenizer, bf16, torch.device(device)

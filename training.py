@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import lengths_to_mask
 
@@ -46,6 +47,22 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
+
+def prepare_model(model, ckpt, env, compile, weight_decay, learning_rate, betas):
+    """Move the model to the device, restore model and optimizer state when resuming (ckpt), then
+    compile (before the DDP wrap, as torch.compile wants). Returns (model to train, raw model, optimizer)."""
+    model.to(env['device'])
+    if ckpt:
+        model.load_state_dict(unwrap_state_dict(ckpt['model']))
+    optimizer = configure_optimizer(model, weight_decay, learning_rate, betas, env['device_type'])
+    if ckpt:
+        optimizer.load_state_dict(ckpt['optimizer'])
+    raw_model = model
+    if compile:
+        model = torch.compile(model)
+    if env['ddp']:
+        model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+    return model, raw_model, optimizer
 
 def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     """Linear warmup, then cosine decay to min_lr at lr_decay_iters."""

@@ -11,16 +11,14 @@ in the checkpoint: the DiT normalises latents with it.
 """
 import os
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
 from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, configure_optimizer, get_lr, plain_config, save_checkpoint, load_checkpoint, unwrap_state_dict, Meter, write_summary
+from training import setup, prepare_model, get_lr, plain_config, save_checkpoint, load_checkpoint, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -96,18 +94,8 @@ if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'vae')
     model_args = ckpt['model_args']
     iter_num = ckpt['iter_num']
-model = TextVAE(VAEConfig(**model_args)).to(device)
-if ckpt:
-    model.load_state_dict(unwrap_state_dict(ckpt['model']))
-optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), env['device_type'])
-if ckpt:
-    optimizer.load_state_dict(ckpt['optimizer'])
-    ckpt = None  # free memory
-raw_model = model
-if compile:
-    model = torch.compile(model)
-if env['ddp']:
-    model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if env['device_type'] == 'cuda' else None)
+model, raw_model, optimizer = prepare_model(TextVAE(VAEConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
+ckpt = None  # free memory
 
 def get_batch(data, rng):
     # random truncation: one length per batch (rows of one length waste no compute on padding; only
