@@ -17,7 +17,8 @@ import torch
 
 from data import TokenData, load_meta, tokenizer_sha256
 from model import GPT, GPTConfig, lengths_to_mask, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, plain_config, save_checkpoint, load_checkpoint, Meter, write_summary
+from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
+                      load_checkpoint, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU (data and optimizer as in dit_train.py)
@@ -27,9 +28,10 @@ init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 250
 eval_iters = 10
 log_interval = 10
-max_iters = 750
+max_iters = 500
 # data: window length uniform in [min_len, block_size], one length per batch
-batch_size = 32
+batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
+gradient_accumulation_steps = 1
 block_size = 128
 min_len = 16
 # model
@@ -50,7 +52,7 @@ lr_decay_iters = 0  # cosine decay to min_lr by this step; 0 = max_iters
 device = 'cpu'
 dtype = 'bfloat16'
 compile = False
-backend = 'gloo'  # 'nccl' on GPUs
+backend = 'auto'  # of DDP under torchrun: 'auto' is nccl on GPUs, gloo on CPUs
 seed = 1337
 peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPUs)
 # -----------------------------------------------------------------------------
@@ -61,7 +63,7 @@ config = plain_config(globals())
 if not 2 <= min_len <= block_size:
     raise SystemExit(f"error: need 2 <= min_len <= block_size (a window of L tokens gives L - 1 predictions), "
                      f"got min_len={min_len}, block_size={block_size}")
-env = setup(device, dtype, backend, seed)
+env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, ctx, master = env['device'], env['ctx'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
@@ -106,8 +108,9 @@ def checkpoint(best_val):
 # -----------------------------------------------------------------------------
 # the training loop
 if master:
-    print(f"GPT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, vocab {meta['vocab_size']}")
-meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops))
+    print(f"GPT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, vocab {meta['vocab_size']}, "
+          f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
+meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops), env['world'])
 t_start = time.time()
 best_val = float('inf')
 while True:
@@ -125,21 +128,25 @@ while True:
     if iter_num == max_iters:
         break
 
-    # step k's data (and dropout) depend only on (seed, rank, k): resuming reproduces the uninterrupted run
-    torch.manual_seed(seed + 1000003 * env['rank'] + iter_num)
-    x, y, lens = get_batch(train_data, np.random.default_rng([seed, 0, env['rank'], iter_num]))
-    with ctx:
-        _, loss = model(x, y)
-    loss.backward()
+    # a micro-step's data (and dropout) depend only on (seed, its place in the global batch, step): see micro_steps
+    loss_sum = tokens = 0
+    for rng in micro_steps(model, env, seed, iter_num, gradient_accumulation_steps):
+        x, y, lens = get_batch(train_data, rng)
+        with ctx:
+            _, loss = model(x, y)
+        # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of targets
+        (loss / gradient_accumulation_steps).backward()
+        loss_sum, tokens = loss_sum + loss.detach(), tokens + lens.sum()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    lossf = loss.item()
+    sums = sum_over_ranks(dict(loss=loss_sum, tokens=tokens), env)
+    lossf = sums['loss'] / (gradient_accumulation_steps * env['world'])  # the mean over the global batch
     if not np.isfinite(lossf):
         raise SystemExit(f"error: loss is {lossf} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
                          f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
-    dt, tps, mfu = meter.lap(lens.sum().item() * env['world'])
+    dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"

@@ -19,8 +19,8 @@ import torch
 from data import TokenData, load_meta, tokenizer_sha256
 from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
 from sample import sample_t
-from training import (setup, prepare_model, get_lr, plain_config, save_checkpoint, load_checkpoint,
-                      load_vae, fingerprint, Meter, write_summary)
+from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
+                      load_checkpoint, load_vae, fingerprint, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -31,10 +31,11 @@ init_from = 'scratch'  # 'scratch' or 'resume'
 eval_interval = 250
 eval_iters = 10
 log_interval = 10
-max_iters = 750
+max_iters = 500
 # data: window length uniform in [min_len, block_size]; the context takes a fraction of it uniform in
 # [ctx_frac_min, ctx_frac_max] (the paper samples lengths uniformly)
-batch_size = 32
+batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
+gradient_accumulation_steps = 1
 block_size = 128
 min_len = 16
 ctx_frac_min = 0.25
@@ -65,7 +66,7 @@ lr_decay_iters = 0  # cosine decay to min_lr by this step; 0 = max_iters
 device = 'cpu'
 dtype = 'bfloat16'
 compile = False
-backend = 'gloo'  # 'nccl' on GPUs
+backend = 'auto'  # of DDP under torchrun: 'auto' is nccl on GPUs, gloo on CPUs
 seed = 1337
 peak_tflops = 0.0
 # -----------------------------------------------------------------------------
@@ -77,7 +78,7 @@ if t_schedule not in ('logit_normal', 'uniform'):
     raise SystemExit(f"error: t_schedule must be 'logit_normal' or 'uniform', got '{t_schedule}'")
 if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
     raise SystemExit("error: need 2 <= min_len <= block_size and 0 < ctx_frac_min <= ctx_frac_max < 1")
-env = setup(device, dtype, backend, seed)
+env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, ctx, master = env['device'], env['ctx'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
@@ -168,8 +169,9 @@ def checkpoint(best_val):
 # the training loop
 if master:
     print(f"TextDiT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters on C={C} latents, "
-          f"t ~ {t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "t ~ uniform")
-meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops))
+          + (f"t ~ {t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "t ~ uniform")
+          + f", global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
+meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops), env['world'])
 t_start = time.time()
 best_val = float('inf')
 bin_names = ' '.join(f'{a:.1f}-{b:.1f}' for a, b in zip(T_BINS, T_BINS[1:]))
@@ -191,11 +193,14 @@ while True:
     if iter_num == max_iters:
         break
 
-    # step k's data and noise depend only on (seed, rank, k): resuming reproduces the uninterrupted run
-    torch.manual_seed(seed + 1000003 * env['rank'] + iter_num)
-    batch = get_batch(train_data, np.random.default_rng([seed, 0, env['rank'], iter_num]))
-    loss, _, _ = flow_loss(model, batch)
-    loss.backward()
+    # a micro-step's data and noise depend only on (seed, its place in the global batch, step): see micro_steps
+    loss_sum = tokens = 0
+    for rng in micro_steps(model, env, seed, iter_num, gradient_accumulation_steps):
+        batch = get_batch(train_data, rng)
+        loss, _, _ = flow_loss(model, batch)
+        # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of targets
+        (loss / gradient_accumulation_steps).backward()
+        loss_sum, tokens = loss_sum + loss.detach(), tokens + batch[1].sum()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -205,10 +210,11 @@ while True:
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), raw_model.parameters()):
                 pe.lerp_(p, 1.0 - decay)
-    lossf = loss.item()
+    sums = sum_over_ranks(dict(loss=loss_sum, tokens=tokens), env)
+    lossf = sums['loss'] / (gradient_accumulation_steps * env['world'])  # the mean over the global batch
     if not np.isfinite(lossf):
         raise SystemExit(f"error: loss is {lossf} at step {iter_num}: stopping; the last good checkpoint is in {out_dir}")
-    dt, tps, mfu = meter.lap(batch[1].sum().item() * env['world'])
+    dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"

@@ -12,16 +12,28 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import lengths_to_mask
 
-def setup(device, dtype, backend, seed):
-    """Detect a torchrun launch, pick the device and the autocast context. Returns a dict."""
+def setup(device, dtype, backend, seed, gradient_accumulation_steps):
+    """Detect a torchrun launch, pick the device, the DDP backend ('auto': nccl on GPUs, gloo on CPUs) and the
+    autocast context. Returns a dict."""
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit("error: device is 'cuda' but no GPU is visible: pass --device=cpu")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise SystemExit(f"error: dtype '{dtype}' is not one of float32, bfloat16, float16")
+    if gradient_accumulation_steps < 1:
+        raise SystemExit(f"error: gradient_accumulation_steps must be at least 1, got {gradient_accumulation_steps}")
     ddp = int(os.environ.get('RANK', -1)) != -1
     if ddp:
+        if backend == 'auto':
+            backend = 'nccl' if device.startswith('cuda') else 'gloo'
+        if backend == 'nccl' and not device.startswith('cuda'):
+            raise SystemExit("error: backend 'nccl' needs device=cuda: use --backend=gloo (or auto) on CPUs")
         dist.init_process_group(backend=backend)
         rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
         if device.startswith('cuda'):
@@ -29,10 +41,6 @@ def setup(device, dtype, backend, seed):
             torch.cuda.set_device(device)
     else:
         rank, local_rank, world = 0, 0, 1
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit("error: device is 'cuda' but no GPU is visible: pass --device=cpu")
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise SystemExit(f"error: dtype '{dtype}' is not one of float32, bfloat16, float16")
     torch.manual_seed(seed + rank)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -73,6 +81,27 @@ def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
+def micro_steps(model, env, seed, iter_num, accum):
+    """Gradient accumulation: yields, for each of the accum micro-steps of step iter_num, a numpy Generator for
+    its batch, after seeding torch for its noise. The global batch's micro-batch j = rank * accum + m depends
+    only on (seed, j, iter_num): a resumed run sees what an uninterrupted one would have (no generator state
+    in the checkpoint), and 2 ranks x 1 micro-step see what 1 rank x 2 micro-steps does.
+    Under DDP gradients are averaged across ranks on the last micro-step only."""
+    for m in range(accum):
+        j = env['rank'] * accum + m
+        if env['ddp']:
+            model.require_backward_grad_sync = m == accum - 1
+        torch.manual_seed(seed + 1000003 * j + iter_num)
+        yield np.random.default_rng([seed, 0, j, iter_num])
+
+def sum_over_ranks(sums, env):
+    """A step's sums over its micro-steps (a dict of scalar tensors) -> floats summed over all ranks, with one
+    all_reduce (gloo has no AVG): rank 0 logs the global batch, and every rank stops on the same NaN."""
+    t = torch.stack([v.double() for v in sums.values()])
+    if env['ddp']:
+        dist.all_reduce(t)
+    return dict(zip(sums, t.tolist()))
+
 def plain_config(namespace):
     """The run's config (module globals of plain type), to store in a checkpoint."""
     return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
@@ -104,13 +133,14 @@ def unwrap_state_dict(sd):
 class Meter:
     """Throughput and MFU for the iteration log."""
 
-    def __init__(self, flops_per_token, peak):
-        self.flops_per_token, self.peak = flops_per_token, peak
+    def __init__(self, flops_per_token, peak, world):
+        # tokens are counted over all ranks, so the peak is all the devices'
+        self.flops_per_token, self.peak = flops_per_token, None if peak is None else peak * world
         self.t0 = time.time()
         self.step_seconds, self.total_tokens = [], 0
 
     def lap(self, tokens):
-        """Call after each step with the tokens it processed; returns (seconds, tokens/s, MFU or None)."""
+        """Call after each step with the tokens of its global batch; returns (seconds, tokens/s, MFU or None)."""
         now = time.time()
         dt, self.t0 = now - self.t0, now
         self.step_seconds.append(dt)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
 from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, plain_config, save_checkpoint, load_checkpoint, Meter, write_summary
+from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
+                      load_checkpoint, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -30,7 +31,8 @@ eval_iters = 10
 log_interval = 10
 max_iters = 350
 # data: random truncation, window lengths uniform in [min_len, block_size]
-batch_size = 32
+batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
+gradient_accumulation_steps = 1
 block_size = 128
 min_len = 8
 # model
@@ -60,7 +62,7 @@ lr_decay_iters = 0  # cosine decay to min_lr by this step; 0 = max_iters
 device = 'cpu'
 dtype = 'bfloat16'
 compile = False
-backend = 'gloo'  # 'nccl' on GPUs
+backend = 'auto'  # of DDP under torchrun: 'auto' is nccl on GPUs, gloo on CPUs
 seed = 1337
 peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPUs)
 stats_batches = 20  # training batches used for the latent mean/std stored for the DiT
@@ -71,7 +73,7 @@ config = plain_config(globals())
 
 if not 1 <= min_len <= block_size:
     raise SystemExit(f"error: need 1 <= min_len <= block_size, got min_len={min_len}, block_size={block_size}")
-env = setup(device, dtype, backend, seed)
+env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, ctx, master = env['device'], env['ctx'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
@@ -163,8 +165,10 @@ def checkpoint(best_val, final=False):
 # the training loop
 if master:
     print(f"TextVAE: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
-          f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer} -> {repa_source}'}")
-meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, n_embd), peak_flops(env['device_type'], peak_tflops))
+          f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer} -> {repa_source}'}, "
+          f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
+meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, n_embd), peak_flops(env['device_type'], peak_tflops),
+              env['world'])
 t_start = time.time()
 best_val = float('inf')
 while True:
@@ -184,26 +188,30 @@ while True:
     if iter_num == max_iters:
         break
 
-    # the data and the noise of step k depend only on (seed, rank, k): a resumed run sees what an
-    # uninterrupted one would have, with no generator state to carry in the checkpoint
-    torch.manual_seed(seed + 1000003 * env['rank'] + iter_num)
-    idx, lens = get_batch(train_data, np.random.default_rng([seed, 0, env['rank'], iter_num]))
-    out = losses(idx, lens)
-    out['loss'].backward()
+    # a micro-step's data and noise depend only on (seed, its place in the global batch, step): see micro_steps
+    sums = {}
+    for rng in micro_steps(model, env, seed, iter_num, gradient_accumulation_steps):
+        idx, lens = get_batch(train_data, rng)
+        out = losses(idx, lens)
+        # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of tokens
+        (out['loss'] / gradient_accumulation_steps).backward()
+        for k, v in dict(out, tokens=lens.sum()).items():
+            sums[k] = sums.get(k, 0) + v.detach()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    loss = out['loss'].item()
+    sums = sum_over_ranks(sums, env)
+    avg = {k: v / (gradient_accumulation_steps * env['world']) for k, v in sums.items()}  # means over the global batch
+    loss = avg['loss']
     if not np.isfinite(loss):
         raise SystemExit(f"error: loss is {loss} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
                          f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
-    dt, tps, mfu = meter.lap(lens.sum().item() * env['world'])
+    dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:
-        print(f"iter {iter_num}: loss {loss:.4f} ce {out['ce'].item():.4f} kl {out['kl'].item():.2f} "
-              f"acc {out['acc_z'].item():.3f} repa {out.get('repa_cos', torch.tensor(float('nan'))).item():.3f} "
-              f"sigma {out['sigma'].item():.3f}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
+        print(f"iter {iter_num}: loss {loss:.4f} ce {avg['ce']:.4f} kl {avg['kl']:.2f} acc {avg['acc_z']:.3f} "
+              f"repa {avg.get('repa_cos', float('nan')):.3f} sigma {avg['sigma']:.3f}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
               + (f", mfu {mfu:.2%}" if mfu is not None else ""))
 
 if master:

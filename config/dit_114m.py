@@ -19,6 +19,5 @@ min_lr = 1e-5
 warmup_iters = 5000
 ema_decay = 0.9999
 device = 'cuda'
-backend = 'nccl'
 dtype = 'bfloat16'
 compile = True

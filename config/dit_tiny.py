@@ -8,5 +8,5 @@ block_size = 128
 n_embd = 256
 n_head = 4
 n_layer = 6
-max_iters = 750
+max_iters = 500
 dtype = 'bfloat16'

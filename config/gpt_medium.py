@@ -19,6 +19,5 @@ learning_rate = 1e-4
 min_lr = 1e-5
 warmup_iters = 5000
 device = 'cuda'
-backend = 'nccl'
 dtype = 'bfloat16'
 compile = True

@@ -24,7 +24,6 @@ learning_rate = 3e-4
 min_lr = 3e-5
 warmup_iters = 2000
 device = 'cuda'
-backend = 'nccl'
 dtype = 'bfloat16'
 compile = True
 stats_batches = 100
