@@ -143,6 +143,7 @@ def evaluate():
 @torch.no_grad()
 def latent_stats():
     """Per-channel mean and std of sampled training latents: what the DiT normalises with."""
+    torch.manual_seed(seed)  # the same statistics whatever the run's history (resumed, distributed)
     zs = []
     for k in range(stats_batches):
         idx, lens = get_batch(train_data, np.random.default_rng([seed, 2, k]))

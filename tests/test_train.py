@@ -68,6 +68,7 @@ def test_dit_trains_resumes_and_samples(vae_dir, tiny_data, tmp_path):
     (['--data_dir=/nonexistent'], "no prepared data in /nonexistent"),
     (['--repa_layer=9'], "out of range"),
     (['--repa_teacher=/nonexistent/teacher'], "teacher"),
+    (['--gradient_accumulation_steps=0'], "gradient_accumulation_steps must be at least 1"),
 ])
 def test_vae_bad_input_is_one_clear_line(tiny_data, args, message):
     proc = run_script('vae_train.py', f'--data_dir={tiny_data}', '--out_dir=/tmp/never', *TINY_VAE, *args)
