@@ -18,7 +18,7 @@ import torch
 from data import TokenData, load_meta, tokenizer_sha256
 from model import GPT, GPTConfig, lengths_to_mask, flops_per_token, peak_flops
 from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
-                      load_checkpoint, Meter, write_summary)
+                      load_checkpoint, check_finite, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU (data and optimizer as in dit_train.py)
@@ -120,6 +120,7 @@ while True:
 
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         val_loss = evaluate()
+        check_finite(val_loss, 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
         if master:
             print(f"step {iter_num}: val loss {val_loss:.4f} [{(time.time() - t_start) / 60:.1f} min]")
             best_val = min(best_val, val_loss)
@@ -143,9 +144,7 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     sums = sum_over_ranks(dict(loss=loss_sum, tokens=tokens), env)
     lossf = sums['loss'] / (gradient_accumulation_steps * env['world'])  # the mean over the global batch
-    if not np.isfinite(lossf):
-        raise SystemExit(f"error: loss is {lossf} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
-                         f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
+    check_finite(lossf, 'loss', iter_num, out_dir)
     dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:

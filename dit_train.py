@@ -20,7 +20,7 @@ from data import TokenData, load_meta, tokenizer_sha256
 from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
 from sample import sample_t
 from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
-                      load_checkpoint, load_vae, fingerprint, Meter, write_summary)
+                      load_checkpoint, load_vae, fingerprint, check_finite, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -182,6 +182,7 @@ while True:
 
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         ev = evaluate()
+        check_finite(ev['model'], 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
         if master:
             key = 'ema' if ema is not None else 'model'
             print(f"step {iter_num}: val loss {ev['model']:.4f}" + (f" ema {ev['ema']:.4f}" if ema is not None else "")
@@ -212,8 +213,7 @@ while True:
                 pe.lerp_(p, 1.0 - decay)
     sums = sum_over_ranks(dict(loss=loss_sum, tokens=tokens), env)
     lossf = sums['loss'] / (gradient_accumulation_steps * env['world'])  # the mean over the global batch
-    if not np.isfinite(lossf):
-        raise SystemExit(f"error: loss is {lossf} at step {iter_num}: stopping; the last good checkpoint is in {out_dir}")
+    check_finite(lossf, 'loss', iter_num, out_dir)
     dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:

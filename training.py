@@ -102,6 +102,12 @@ def sum_over_ranks(sums, env):
         dist.all_reduce(t)
     return dict(zip(sums, t.tolist()))
 
+def check_finite(value, what, iter_num, out_dir):
+    """Stop a run whose loss blew up, before it can save the broken model over the last good checkpoint."""
+    if not math.isfinite(value):
+        raise SystemExit(f"error: {what} is {value} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
+                         f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
+
 def plain_config(namespace):
     """The run's config (module globals of plain type), to store in a checkpoint."""
     return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
 from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
 from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
-                      load_checkpoint, Meter, write_summary)
+                      load_checkpoint, check_finite, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -179,6 +179,7 @@ while True:
 
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         ev = evaluate()
+        check_finite(ev['loss'], 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
         if master:
             print(f"step {iter_num}: val acc(mu) {ev['acc_mu']:.4%} acc(z) {ev['acc_z']:.4%} ce {ev['ce']:.4f} "
                   f"kl {ev['kl']:.2f} repa_cos {ev.get('repa_cos', float('nan')):.3f} sigma {ev['sigma']:.3f} "
@@ -205,9 +206,7 @@ while True:
     sums = sum_over_ranks(sums, env)
     avg = {k: v / (gradient_accumulation_steps * env['world']) for k, v in sums.items()}  # means over the global batch
     loss = avg['loss']
-    if not np.isfinite(loss):
-        raise SystemExit(f"error: loss is {loss} at step {iter_num}: stopping; the last good checkpoint is in {out_dir} "
-                         f"(lower learning_rate or use dtype=float32, then --init_from=resume)")
+    check_finite(loss, 'loss', iter_num, out_dir)
     dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from model import GPT, GPTConfig, KVCache, next_token, num_params
+from model import GPT, GPTConfig, KVCache, next_token
 from test_train import ok, iter_losses
 
 TINY_GPT = ['--n_embd=32', '--n_head=2', '--n_layer=2', '--block_size=32', '--batch_size=8', '--eval_iters=2',
