@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_script
 from model import GPT, GPTConfig, KVCache, next_token
-from test_train import ok, iter_losses
+from test_train import same_weights, straight_and_resumed
 
 TINY_GPT = ['--n_embd=32', '--n_head=2', '--n_layer=2', '--block_size=32', '--batch_size=8', '--eval_iters=2',
             '--log_interval=1', '--dtype=float32', '--warmup_iters=2', '--min_len=8']
@@ -71,17 +71,12 @@ def test_top_k_and_top_p():
 
 def test_ar_train_learns_resumes_and_samples(tiny_data, tmp_path):
     common = [f'--data_dir={tiny_data}', '--lr_decay_iters=40', '--eval_interval=20', '--learning_rate=1e-2', *TINY_GPT]
-    straight = ok(run_script('ar_train.py', f'--out_dir={tmp_path}/a', '--max_iters=40', *common))
-    ok(run_script('ar_train.py', f'--out_dir={tmp_path}/b', '--max_iters=20', *common))
-    resumed = ok(run_script('ar_train.py', f'--out_dir={tmp_path}/b', '--max_iters=40', '--init_from=resume', *common))
-    a, b = iter_losses(straight), iter_losses(resumed)
+    straight, a, b = straight_and_resumed('ar_train.py', tmp_path, 40, common)
     assert len(a) == 40 and len(b) == 20
     assert a[20:] == pytest.approx(b, rel=1e-5)
     val = [float(x) for x in re.findall(r'^step \d+: val loss ([\d.]+)', straight, re.M)]
     assert sum(a[-10:]) < sum(a[:10]) and val[-1] < 0.6 * val[0]  # next-token loss goes down (ln 300 = 5.7 at first)
-    wa = torch.load(f'{tmp_path}/a/ckpt.pt', weights_only=True)['model']
-    wb = torch.load(f'{tmp_path}/b/ckpt.pt', weights_only=True)['model']
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert same_weights(f'{tmp_path}/a', f'{tmp_path}/b')
 
     from training import load_gpt, gpt_generate
     model, enc = load_gpt(f'{tmp_path}/a', 'cpu')

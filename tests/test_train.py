@@ -20,6 +20,19 @@ def ok(proc):
 def iter_losses(out):
     return [float(x) for x in re.findall(r'^iter \d+: loss ([-\d.]+)', out, re.M)]
 
+def straight_and_resumed(script, out_dir, total, common):
+    """Run `script` for `total` steps in out_dir/a, and for total/2 then resumed to `total` in out_dir/b.
+    Returns the straight run's log and the per-step losses of both (the resumed run's from total/2 on)."""
+    straight = ok(run_script(script, f'--out_dir={out_dir}/a', f'--max_iters={total}', *common))
+    ok(run_script(script, f'--out_dir={out_dir}/b', f'--max_iters={total // 2}', *common))
+    resumed = ok(run_script(script, f'--out_dir={out_dir}/b', f'--max_iters={total}', '--init_from=resume', *common))
+    return straight, iter_losses(straight), iter_losses(resumed)
+
+def same_weights(dir_a, dir_b):
+    wa = torch.load(f'{dir_a}/ckpt.pt', weights_only=True)['model']
+    wb = torch.load(f'{dir_b}/ckpt.pt', weights_only=True)['model']
+    return all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
 @pytest.fixture(scope='module')
 def vae_dir(tiny_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('vae'))
@@ -34,15 +47,10 @@ def test_vae_learns_and_stores_latent_stats(vae_dir):
 
 def test_vae_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
     common = [f'--data_dir={tiny_data}', '--repa_weight=0', '--lr_decay_iters=8', '--eval_interval=4', *TINY_VAE]
-    straight = ok(run_script('vae_train.py', f'--out_dir={tmp_path}/a', '--max_iters=8', *common))
-    ok(run_script('vae_train.py', f'--out_dir={tmp_path}/b', '--max_iters=4', *common))
-    resumed = ok(run_script('vae_train.py', f'--out_dir={tmp_path}/b', '--max_iters=8', '--init_from=resume', *common))
-    a, b = iter_losses(straight), iter_losses(resumed)
+    _, a, b = straight_and_resumed('vae_train.py', tmp_path, 8, common)
     assert len(a) == 8 and len(b) == 4
     assert a[4:] == pytest.approx(b, rel=1e-5)
-    wa = torch.load(f'{tmp_path}/a/ckpt.pt', weights_only=True)['model']
-    wb = torch.load(f'{tmp_path}/b/ckpt.pt', weights_only=True)['model']
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert same_weights(f'{tmp_path}/a', f'{tmp_path}/b')
 
 def test_vae_with_repa_aligns(tiny_data, tmp_path):
     out = ok(run_script('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}', '--max_iters=40',
@@ -52,10 +60,7 @@ def test_vae_with_repa_aligns(tiny_data, tmp_path):
 
 def test_dit_trains_resumes_and_samples(vae_dir, tiny_data, tmp_path):
     common = [f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', '--lr_decay_iters=40', '--eval_interval=20', *TINY_DIT]
-    straight = ok(run_script('dit_train.py', f'--out_dir={tmp_path}/a', '--max_iters=40', *common))
-    ok(run_script('dit_train.py', f'--out_dir={tmp_path}/b', '--max_iters=20', *common))
-    resumed = ok(run_script('dit_train.py', f'--out_dir={tmp_path}/b', '--max_iters=40', '--init_from=resume', *common))
-    a, b = iter_losses(straight), iter_losses(resumed)
+    _, a, b = straight_and_resumed('dit_train.py', tmp_path, 40, common)
     assert a[20:] == pytest.approx(b, rel=1e-5)
     assert sum(a[-10:]) < sum(a[:10])  # the flow loss goes down
     out = ok(run_script('sample.py', f'--out_dir={tmp_path}/a', '--prompt=the river', '--length=6', '--steps=4', '--num_samples=2'))
