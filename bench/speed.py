@@ -1,0 +1,219 @@
+"""
+Speed of TextLDM against the GPT baseline, measured in one run so that the ratios are fair. The models are untrained
+(timing does not depend on the weights); each phase runs in a fresh process, so that its peak memory is its own.
+
+  throughput.json  training tokens/s (median step after warmup) at equal width and number of blocks: GPT n_layer, DiT
+                   n_layer, VAE n_layer/2 encoder + n_layer/2 decoder, on one batch of real windows; the VAE with the
+                   frozen REPA teacher's forward and without it, the DiT alone and with the frozen VAE's encode
+  latency.json     seconds to continue a prompt at batch 1 for each length, TextLDM (VAE encode, Euler steps with batched
+                   CFG, VAE decode) vs the GPT with its KV cache made as deep as needed to match the TextLDM's parameters
+                   (VAE + DiT); and samples/s at batch sample_batch
+  memory           on CPUs the phase's peak resident set (ru_maxrss, torch included; 'own': less the RSS before the
+                   phase), on GPUs torch.cuda.max_memory_allocated
+
+    python bench/speed.py                               # config/*_tiny.py's sizes: about 5 minutes on 2 CPU cores
+    python bench/speed.py --device=cuda --compile=True  # compile applies to the training steps
+    python bench/speed.py --lengths=64,256 --repeats=5  # a single length: --lengths=64,
+"""
+import copy, json, os, platform, resource, statistics, subprocess, sys, time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from data import TokenData, load_meta, get_tokenizer
+from model import (TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, encode_segments, pack_segments, take_segment,
+                   lengths_to_mask, masked_mean, gaussian_kl, num_params)
+from sample import sample_t, sample_latents
+from training import setup, prepare_model
+
+data_dir, out_dir = 'data/embedded', 'bench/results'
+device, dtype, compile = 'cpu', 'bfloat16', False
+batch_size, block_size, n_embd, n_head, n_layer, latent_channels = 32, 128, 256, 4, 6, 16  # as config/*_tiny.py
+repa_teacher = 'minilm'
+warmup, iters = 3, 10                       # training steps: untimed, then timed
+lengths, prompt_len, steps, cfg = (64, 128, 256, 512, 1024), 16, 50, 2.0
+repeats, budget_s = 3, 20.0                 # sampling runs per length: up to repeats, fewer once budget_s is spent
+sample_batch, sample_batch_length = 32, 128
+quick = False                               # tiny sizes, for the test
+phase = ''                                  # internal: the phase a child process measures
+exec(open(os.path.join(ROOT, 'configurator.py')).read())
+if quick:  # tiny sizes, but for what the command line sets
+    given = {arg[2:].split('=')[0] for arg in sys.argv[1:]}
+    tiny = dict(batch_size=4, block_size=32, n_embd=64, n_head=2, n_layer=2, warmup=1, iters=2, lengths=(8, 16), prompt_len=4,
+                steps=2, repeats=1, sample_batch=2, sample_batch_length=8)
+    globals().update({k: v for k, v in tiny.items() if k not in given})
+
+env = setup(device, dtype, 'auto', 1337, 1)
+dev, ctx, gpu = env['device'], env['ctx'], env['device_type'] == 'cuda'
+meta = load_meta(data_dir)
+V, n_enc = meta['vocab_size'], n_layer // 2
+idx, lens = (t.to(dev) for t in TokenData(data_dir, 'train').sample(batch_size, block_size, np.random.default_rng(0)))
+mask = lengths_to_mask(lens, idx.size(1))
+
+def timed(fn, n_warmup, n, budget=float('inf')):
+    """Median seconds of fn() over up to n runs (at least one; no more once budget seconds are spent), and the runs."""
+    for _ in range(n_warmup):
+        fn()
+    times = []
+    while not times or (len(times) < n and sum(times) < budget):
+        t0 = time.perf_counter()
+        fn()
+        if gpu:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), len(times)
+
+def make_vae(T, repa_dim=0):
+    return TextVAE(VAEConfig(V, T, n_embd, n_head, n_enc, n_layer - n_enc, latent_channels, repa_dim))
+
+def train_step(name, model, loss_fn, ema=False):
+    """Training steps as the scripts take them (autocast, backward, clip, AdamW, the DiT's EMA) -> {name: figures}."""
+    model, raw, opt = prepare_model(model, None, env, compile, 0.0, 1e-3, (0.9, 0.99))
+    shadow = copy.deepcopy(raw).requires_grad_(False) if ema else None
+    def step():
+        with ctx:
+            loss = loss_fn(model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if shadow is not None:
+            with torch.no_grad():
+                for pe, p in zip(shadow.parameters(), raw.parameters()):
+                    pe.lerp_(p, 1.0 - 0.999)
+    sec, _ = timed(step, warmup, iters)
+    r = dict(tokens_per_s=round(lens.sum().item() / sec), step_ms=round(1000 * sec, 1), params=num_params(raw, False))
+    print(f"{name}: {r['tokens_per_s']:,} tok/s, {r['step_ms']} ms/step, {r['params'] / 1e6:.2f}M params", flush=True)
+    return {name: r}
+
+def vae_phase():
+    from teacher import Teacher
+    same = meta['tokenizer']['name'] == 'qwen3' and 'qwen3' in repa_teacher.lower()  # as vae_train.py
+    teacher = Teacher(get_tokenizer(meta, data_dir), repa_teacher, -3, same, bf16=dtype == 'bfloat16', device=dev)
+    def loss_fn(teacher):  # vae_train.py's loss: CE + beta KL - cosine to the teacher's features (no grad)
+        def loss(model):
+            logits, mu, logvar, repa = model(idx, mask)
+            ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none').view_as(idx)
+            out = masked_mean(ce, mask) + 1e-3 * masked_mean(gaussian_kl(mu, logvar), mask)
+            return out if teacher is None else out - masked_mean(F.cosine_similarity(repa.float(), teacher(idx, lens), dim=-1), mask)
+        return loss
+    return {**train_step('vae_with_teacher', make_vae(block_size, teacher.width), loss_fn(teacher)),
+            **train_step('vae_without_teacher', make_vae(block_size), loss_fn(None))}
+
+def dit_phase():
+    vae = make_vae(block_size).to(dev).eval().requires_grad_(False)
+    rng, L = np.random.default_rng(1), lens.cpu().numpy()  # dit_train.py's context/target split and CFG dropout
+    ctx_lens = torch.from_numpy(np.clip(np.floor(rng.uniform(0.25, 0.75, batch_size) * L), 1, L - 1).astype(np.int64)).to(dev)
+    keep = torch.from_numpy(rng.random(batch_size) >= 0.1).to(dev)[:, None, None]
+    encode = lambda: encode_segments(vae, idx, lens, ctx_lens)  # the frozen VAE, context and target apart
+    def loss_fn(latents):  # dit_train.py's flow_loss (less the latent normalisation: elementwise)
+        def loss(model):
+            zc, x1, tgt_lens = latents or encode()
+            t, x0 = sample_t(batch_size, device=dev)[:, None, None], torch.randn_like(x1)
+            x, is_target, m = pack_segments(zc * keep, ctx_lens, t * x1 + (1 - t) * x0, tgt_lens)
+            v = take_segment(model(x, t.flatten(), is_target, m).float(), ctx_lens, x1.size(1))
+            return masked_mean((v - (x1 - x0)) ** 2, lengths_to_mask(tgt_lens, x1.size(1)))
+        return loss
+    with ctx:
+        latents = encode()
+    dit = lambda: TextDiT(DiTConfig(latent_channels, block_size, n_embd, n_head, n_layer))
+    return {**train_step('dit_body', dit(), loss_fn(latents), ema=True),
+            **train_step('dit_with_vae_encode', dit(), loss_fn(None), ema=True)}
+
+def gpt_phase():
+    y = idx[:, 1:].masked_fill(~lengths_to_mask(lens - 1, idx.size(1) - 1), -1)  # as ar_train.py: L - 1 predictions
+    return train_step('gpt', GPT(GPTConfig(V, block_size, n_embd, n_head, n_layer)), lambda model: model(idx[:, :-1], y)[1])
+
+def sampling_phase(which):
+    """Seconds at batch 1 for each length, then samples/s at batch sample_batch, by the TextLDM (VAE + DiT) or by the
+    GPT whose depth matches the TextLDM's parameters (counted on the 'meta' device); the memory after batch 1 too."""
+    T = max(lengths + (sample_batch_length,)) + prompt_len
+    ldm = lambda: (make_vae(T), TextDiT(DiTConfig(latent_channels, T, n_embd, n_head, n_layer)))
+    gpt = lambda depth: GPT(GPTConfig(V, T, n_embd, n_head, depth))
+    with torch.device('meta'):
+        (p_vae, p_dit), p1, p2 = [num_params(m, False) for m in ldm()], num_params(gpt(1), False), num_params(gpt(2), False)
+    depth = max(1, round(1 + (p_vae + p_dit - p1) / (p2 - p1)))
+    models = [m.to(dev).eval().requires_grad_(False) for m in (ldm() if which == 'ldm' else [gpt(depth)])]
+    g = torch.Generator(dev).manual_seed(0)
+    @torch.no_grad()
+    def sample(n, B):
+        prompt, full = idx[:1, :prompt_len].expand(B, -1), lambda k: torch.full((B,), k, device=dev)
+        if which == 'gpt':  # in float32, as training.gpt_generate (on CPUs faster at batch 1 than under bf16 autocast)
+            return models[0].generate(prompt, n, generator=g)
+        vae, dit = models  # as sample.generate: the DiT under autocast, the VAE in float32
+        zc = vae.encode(prompt)[0]
+        with ctx:
+            z = sample_latents(dit, zc, full(prompt_len), full(n), steps, cfg, generator=g)
+        return vae.decode(z).argmax(-1)
+    sample(lengths[0], 1)  # warmup
+    out = dict(params=dict(ldm=p_vae + p_dit, ldm_vae=p_vae, ldm_dit=p_dit, gpt=p1 + (depth - 1) * (p2 - p1), gpt_n_layer=depth))
+    for n in lengths:
+        out[n] = timed(lambda: sample(n, 1), 0, repeats, budget_s)
+        print(f"{which} batch 1, {n} tokens: {out[n][0]:.3f} s (median of {out[n][1]})", flush=True)
+    out['memory_after_batch1'] = memory()
+    out['batch'] = timed(lambda: sample(sample_batch_length, sample_batch), 0, repeats, budget_s)
+    print(f"{which} batch {sample_batch}, {sample_batch_length} tokens: {sample_batch / out['batch'][0]:.2f} samples/s", flush=True)
+    return out
+
+PHASES = dict(vae=vae_phase, dit=dit_phase, gpt=gpt_phase, ldm_sampling=lambda: sampling_phase('ldm'),
+              gpt_sampling=lambda: sampling_phase('gpt'))
+rss_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10)
+rss_before = rss_mib()  # torch, the modules and the batch: what a phase's own memory is counted from
+def memory():
+    """The phase's peak so far in MiB (its process is fresh)."""
+    if gpu:
+        return dict(gpu_max_allocated=round(torch.cuda.max_memory_allocated() / 2 ** 20))
+    return dict(peak_rss=round(rss_mib()), own=round(rss_mib() - rss_before))
+
+phase_file = lambda p: os.path.join(out_dir, f'.speed_{p}.json')
+if phase:  # a child: measure one phase, then its memory
+    result = PHASES[phase]()
+    with open(phase_file(phase), 'w') as f:
+        json.dump(dict(result, memory=memory()), f)
+    sys.exit()
+
+os.makedirs(out_dir, exist_ok=True)
+res, t_start = {}, time.time()
+for p in PHASES:
+    print(f"--- {p}", flush=True)
+    if subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], f'--phase={p}']).returncode:
+        raise SystemExit(f"error: phase {p} failed")
+    with open(phase_file(p)) as f:
+        res[p] = json.load(f)
+    os.remove(phase_file(p))
+run = dict(command='python ' + ' '.join(sys.argv), torch=torch.__version__, torch_threads=torch.get_num_threads(),
+           machine=torch.cuda.get_device_name() if gpu else f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
+           minutes=round((time.time() - t_start) / 60, 1), memory_note='MiB; ' + ('torch.cuda.max_memory_allocated' if gpu else
+           "peak_rss: the phase process's peak resident set (ru_maxrss, torch included); own: less the RSS before the phase"))
+r3 = lambda a, b: round(a / b, 3)
+stages = {k: v for p in ('vae', 'dit', 'gpt') for k, v in res[p].items() if k != 'memory'}
+tps = {k: v['tokens_per_s'] for k, v in stages.items()}
+throughput = dict(
+    matched=f"width {n_embd}, {n_head} heads, {n_layer} blocks each (VAE {n_enc} encoder + {n_layer - n_enc} decoder); one batch "
+            f"of {batch_size} windows of {block_size} tokens; {dtype}; compile={compile}; REPA teacher {repa_teacher}",
+    stages=stages, ratios=dict(dit_over_gpt=r3(tps['dit_body'], tps['gpt']), vae_cost_over_gpt=r3(tps['gpt'], tps['vae_with_teacher']),
+                               goals='dit_over_gpt >= 0.9, vae_cost_over_gpt <= 1.5',
+                               dit_with_vae_encode_over_gpt=r3(tps['dit_with_vae_encode'], tps['gpt']),
+                               vae_cost_over_gpt_without_teacher=r3(tps['gpt'], tps['vae_without_teacher'])),
+    memory_mib={p: res[p]['memory'] for p in ('vae', 'dit', 'gpt')}, **run)
+L, G = res['ldm_sampling'], res['gpt_sampling']
+latency = dict(
+    setting=f"prompt {prompt_len} tokens; TextLDM: VAE encode, {steps} Euler steps with CFG {cfg} (one batched forward), VAE "
+            f"decode; GPT: KV cache, a sampled token at a time; the DiT under {dtype} autocast, the VAE and the GPT in float32 "
+            f"(as sample.generate and training.gpt_generate)", params=L['params'],
+    batch1_seconds={n: dict(ldm=round(L[n][0], 3), gpt=round(G[n][0], 3), ldm_over_gpt=r3(L[n][0], G[n][0]), runs=[L[n][1], G[n][1]])
+                    for n in map(str, lengths)},
+    batch=dict(batch_size=sample_batch, length=sample_batch_length, ldm_samples_per_s=round(sample_batch / L['batch'][0], 3),
+               gpt_samples_per_s=round(sample_batch / G['batch'][0], 3), ldm_over_gpt=r3(G['batch'][0], L['batch'][0]),
+               runs=[L['batch'][1], G['batch'][1]]),
+    memory_mib={w: dict(after_batch1=res[p]['memory_after_batch1'], whole_phase=res[p]['memory'])
+                for w, p in (('ldm', 'ldm_sampling'), ('gpt', 'gpt_sampling'))}, **run)
+for name, obj in (('throughput', throughput), ('latency', latency)):
+    with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
+        json.dump(obj, f, indent=1)
+print(json.dumps(dict(throughput['ratios'], ldm_over_gpt_samples_per_s=latency['batch']['ldm_over_gpt'],
+                      ldm_over_gpt_seconds_batch1={n: v['ldm_over_gpt'] for n, v in latency['batch1_seconds'].items()})))
+print(f"wrote {out_dir}/throughput.json and {out_dir}/latency.json in {run['minutes']} min")

@@ -1,0 +1,28 @@
+"""bench/speed.py end to end at a tiny size: every phase runs in its own process and both reports are written."""
+import json
+
+from conftest import run_script
+
+def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
+    p = run_script('bench/speed.py', '--quick=True', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}', '--lengths=(6, 12)')
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(tmp_path / 'throughput.json') as f:
+        tr = json.load(f)
+    with open(tmp_path / 'latency.json') as f:
+        lat = json.load(f)
+    assert set(tr['stages']) == {'vae_with_teacher', 'vae_without_teacher', 'dit_body', 'dit_with_vae_encode', 'gpt'}
+    assert all(s['tokens_per_s'] > 0 and s['step_ms'] > 0 and s['params'] > 0 for s in tr['stages'].values())
+    # with the teacher, the VAE has its REPA head
+    assert tr['stages']['vae_with_teacher']['params'] > tr['stages']['vae_without_teacher']['params']
+    assert set(tr['ratios']) >= {'dit_over_gpt', 'dit_with_vae_encode_over_gpt', 'vae_cost_over_gpt'}
+    assert all(v > 0 for k, v in tr['ratios'].items() if k != 'goals')
+    assert set(lat['batch1_seconds']) == {'6', '12'}
+    assert all(v['ldm'] > 0 and v['gpt'] > 0 and v['runs'] == [1, 1] for v in lat['batch1_seconds'].values())
+    assert lat['batch']['ldm_samples_per_s'] > 0 and lat['batch']['gpt_samples_per_s'] > 0
+    # the GPT is made as deep as needed to match the TextLDM's parameters
+    params = lat['params']
+    assert params['ldm'] == params['ldm_vae'] + params['ldm_dit'] and abs(params['gpt'] / params['ldm'] - 1) < 0.1
+    for report in (tr, lat):
+        assert report['command'].startswith('python bench/speed.py') and report['torch'] and report['machine']
+    assert all(m['peak_rss'] > m['own'] > 0 for m in tr['memory_mib'].values())
+    assert not list(tmp_path.glob('.speed_*'))  # the phases' files are cleaned up
