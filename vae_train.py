@@ -94,6 +94,11 @@ model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'vae')
+    if ckpt['tokenizer_sha256'] != tokenizer_sha256(meta):
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with another tokenizer than the one in {data_dir}")
+    if teacher is not None and ckpt['model_args']['repa_dim'] != teacher.width:
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with REPA features of width {ckpt['model_args']['repa_dim']} "
+                         f"(0: REPA off), but teacher '{repa_teacher}' has {teacher.width}: resume with its teacher, or repa_weight=0")
     model_args = ckpt['model_args']
     iter_num = ckpt['iter_num']
 model, raw_model, optimizer = prepare_model(TextVAE(VAEConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))

@@ -37,3 +37,9 @@ def run_script(*args, timeout=300):
     """Run one of the project's scripts as a user would; returns the CompletedProcess (never raises)."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONUNBUFFERED='1'))
+
+def one_line_error(proc, message):
+    """A user mistake: a non-zero exit, no traceback, and one line on stderr, `error: ...` holding message."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], proc.stderr[-3000:]

