@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from data import TokenData, load_meta, tokenizer_sha256
 from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
@@ -51,6 +52,7 @@ n_embd = 256
 n_head = 4
 n_layer = 6
 self_cond = False  # self-conditioning on the model's own estimate of the clean target, half of the steps
+decoder_ce = 0.0   # weight of a token loss: the frozen VAE decoder reads the model's estimate of the clean target
 dropout = 0.0
 ema_decay = 0.999  # 0 turns EMA off
 # optimizer
@@ -136,7 +138,14 @@ def flow_loss(net, batch, generator=None):
     v = take_segment(v.float(), ctx_lens, x1.size(1))
     tmask = lengths_to_mask(tgt_lens, x1.size(1))
     per_sample = ((v - (x1 - x0)) ** 2).mean(-1).mul(tmask).sum(1) / tgt_lens  # (B,)
-    return masked_mean((v - (x1 - x0)) ** 2, tmask), per_sample, t
+    loss = masked_mean((v - (x1 - x0)) ** 2, tmask)
+    if decoder_ce > 0 and net.training:  # the velocity's clean-target estimate x1 = x_t + (1 - t) v should decode to the tokens
+        x1_est = xt + (1 - t[:, None, None]) * v
+        with ctx:
+            logits = vae.decode(x1_est * lat_std + lat_mean, tmask)
+        ce = F.cross_entropy(logits.float()[tmask], take_segment(idx, ctx_lens, x1.size(1))[tmask])
+        loss = loss + decoder_ce * ce
+    return loss, per_sample, t
 
 T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 

@@ -36,9 +36,10 @@ HF_BENCHMARKS = {  # load_dataset arguments; each has a 'text' column
     'wikipedia_hf': dict(path='wikimedia/wikipedia', name='20231101.en', split='train'),
     'wikisource': dict(path='wikimedia/wikisource', name='20231201.en', split='train'),
 }
-METRICS = {'rouge': ('rouge1', 'rouge2', 'rougeL'), 'bertscore': ('bertscore',), 'mauve': ('mauve',)}
+METRICS = {'rouge': ('rouge1', 'rouge2', 'rougeL'), 'bertscore': ('bertscore',), 'mauve': ('mauve',),
+           'genppl': ('genppl',)}
 COLUMNS = {'rouge1': 'ROUGE-1', 'rouge2': 'ROUGE-2', 'rougeL': 'ROUGE-L', 'bertscore': 'BERTScore', 'mauve': 'MAUVE',
-           'ctx_unchanged': 'ctx-shuffle unchanged'}
+           'genppl': 'gen. PPL', 'ctx_unchanged': 'ctx-shuffle unchanged'}
 
 def parse_list(value, valid, what):
     names = [v.strip() for v in value.split(',') if v.strip()]
@@ -207,13 +208,40 @@ def unchanged_share(outs, shuffled, encode):
     return same / max(1, sum(max(len(u), len(v)) for u, v in zip(a, b)))
 
 # -----------------------------------------------------------------------------
-# metrics: each compares outputs with the true targets, in percent
+# metrics: each compares outputs with the true targets (and reads the prompts) -> figures, in percent
 
-def rouge(outs, refs):
+def bootstrap_ci(stat, n, seed=0, draws=1000):
+    """95% interval of stat(sample indices) over resamplings of the n samples with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, n)) for _ in range(draws)]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+def rouge(outs, refs, prompts=None):
     from rouge_score import rouge_scorer
     scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'])
     scores = [scorer.score(r, o) for o, r in zip(outs, refs)]
-    return {k: 100 * float(np.mean([s[k].fmeasure for s in scores])) for k in ('rouge1', 'rouge2', 'rougeL')}
+    res = {k: 100 * float(np.mean([s[k].fmeasure for s in scores])) for k in ('rouge1', 'rouge2', 'rougeL')}
+    rl = 100 * np.array([s['rougeL'].fmeasure for s in scores])
+    res['rougeL_ci'] = bootstrap_ci(lambda i: rl[i].mean(), len(rl))
+    return res
+
+@torch.no_grad()
+def gen_perplexity(gpt, encode, outs, prompts):
+    """Generative perplexity: exp of the mean negative log-likelihood of the output tokens under a judge GPT
+    that reads each prompt first (the prompt keeps its end where both would pass the judge's context)."""
+    nll, count = np.zeros(len(outs)), np.zeros(len(outs))
+    device, T = gpt.wte.weight.device, gpt.cfg.block_size
+    for i, (o, p) in enumerate(zip(tqdm(outs, desc='generative perplexity', leave=False), prompts)):
+        out_ids = encode(o)[:T - 1]
+        ctx_ids = encode(p)[-(T - len(out_ids)):] if p and out_ids else []
+        x = torch.tensor(ctx_ids + out_ids, device=device)[None]
+        if x.size(1) < 2:
+            continue
+        logp = torch.log_softmax(gpt(x)[0][0, :-1].float(), -1).gather(-1, x[0, 1:, None])[:, 0]  # of tokens 1..
+        scored = logp[len(ctx_ids) - 1:] if ctx_ids else logp  # the output's tokens (from its 2nd without a prompt)
+        nll[i], count[i] = -scored.sum().item(), scored.numel()
+    ppl = lambda i: float(np.exp(nll[i].sum() / max(1, count[i].sum())))
+    return {'genppl': ppl(np.arange(len(outs))), 'genppl_ci': bootstrap_ci(ppl, len(outs))}
 
 class Featurizer:
     """One vector per text for MAUVE: the last token's final hidden state for a causal LM (what MAUVE itself
@@ -256,8 +284,9 @@ def mauve_score(featurize, outs, refs, num_buckets=0, seed=0):
     return {'mauve': 100 * float(out.mauve)}
 
 def load_metrics(names, device, mauve_featurizer='minilm', mauve_buckets=0, bertscore_model='minilm',
-                 bertscore_layers=4, batch_size=64, seed=0):
-    """metric name -> function(outputs, targets) -> {figure: value}; the models load here, before any generation."""
+                 bertscore_layers=4, batch_size=64, seed=0, judge=''):
+    """metric name -> function(outputs, targets, prompts) -> {figure: value}; the models load here, before any
+    generation."""
     fns = {}
     if 'rouge' in names:
         fns['rouge'] = rouge
@@ -266,10 +295,16 @@ def load_metrics(names, device, mauve_featurizer='minilm', mauve_buckets=0, bert
         from teacher import resolve
         scorer = BERTScorer(model_type=resolve(bertscore_model)[0], num_layers=bertscore_layers or None,
                             batch_size=batch_size, device=device)
-        fns['bertscore'] = lambda outs, refs: {'bertscore': 100 * float(scorer.score(outs, refs)[2].mean())}
+        fns['bertscore'] = lambda outs, refs, _: {'bertscore': 100 * float(scorer.score(outs, refs)[2].mean())}
     if 'mauve' in names:
         featurize = Featurizer(mauve_featurizer, device, batch_size)
-        fns['mauve'] = lambda outs, refs: mauve_score(featurize, outs, refs, mauve_buckets, seed)
+        fns['mauve'] = lambda outs, refs, _: mauve_score(featurize, outs, refs, mauve_buckets, seed)
+    if 'genppl' in names:
+        if not judge:
+            raise SystemExit("error: the genppl metric needs a judge: --judge=<folder of a GPT trained by ar_train.py>")
+        from training import load_gpt
+        gpt, enc = load_gpt(judge, device)
+        fns['genppl'] = lambda outs, refs, prompts: gen_perplexity(gpt, enc.encode_ordinary, outs, prompts)
     return fns
 
 # -----------------------------------------------------------------------------
@@ -288,7 +323,7 @@ def write_table(folder):
     lines = ['| model | window | ' + ' | '.join(f'{b} {COLUMNS[k]}' for b, k in cols) + ' |',
              '|---' * (len(cols) + 2) + '|']
     for r in runs:
-        cells = ['' if v is None else f'{v:.1f}' for v in (r['results'].get(b, {}).get(k) for b, k in cols)]
+        cells = ['' if v is None else f'{v:.1f}' if v < 1e4 else f'{v:.3g}' for v in (r['results'].get(b, {}).get(k) for b, k in cols)]
         lines.append(f"| {r['label']} | {r['window']} | " + ' | '.join(cells) + ' |')
     with open(os.path.join(folder, 'table.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n\nN per benchmark and the exact commands: the JSON files beside this table.\n')
@@ -307,7 +342,8 @@ if __name__ == '__main__':
     num_samples = 1000  # per benchmark
     block_size = 1024  # tokens per sample before the split, capped at the model's context
     min_tokens = 8  # shorter windows are skipped: both halves keep at least 3 tokens
-    metrics = 'rouge,mauve,bertscore'
+    metrics = 'rouge,mauve,bertscore'  # also genppl: the outputs' perplexity under a judge GPT (--judge)
+    judge = ''  # genppl: the folder of a GPT trained by ar_train.py on the same tokenizer, e.g. out/gpt_tiny
     # MAUVE's features: 'minilm' (offline: all-MiniLM-L6-v2, mean over tokens) or a causal LM such as
     # 'gpt2-large' (the last token's, as MAUVE computes them); a local folder or a hub id
     mauve_featurizer = 'minilm'
@@ -343,7 +379,7 @@ if __name__ == '__main__':
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # generation and tokenizer-length notices would drown the progress bars
     scorers = load_metrics(metric_names, device, mauve_featurizer, mauve_buckets, bertscore_model, bertscore_layers,
-                           64, seed)
+                           64, seed, judge)
     gen, encode, decode, context = load_model(model, out_dir, device, data_dir, steps, cfg, vae_ckpt, greedy,
                                               temperature, top_k, top_p)
     window = min(block_size, context)
@@ -367,13 +403,13 @@ if __name__ == '__main__':
         t1 = time.time()
         res = dict(n=len(samples), target_tokens_mean=float(np.mean(lengths)))
         for m in metric_names:
-            res.update(scorers[m](outs, targets))
+            res.update(scorers[m](outs, targets, prompts))
         if shuffled is not None:
             res['ctx_unchanged'] = 100 * unchanged_share(outs, shuffled, encode)
         results[name] = res
         seconds[name] = dict(generate=round(t1 - t0, 1), metrics=round(time.time() - t1, 1))
         examples[name] = [dict(prompt=p, target=t, output=o) for p, t, o in list(zip(prompts, targets, outs))[:3]]
-        print(f"{name}: " + ', '.join(f'{k} {v:.4g}' for k, v in res.items()) + f"  (seconds: {seconds[name]})")
+        print(f"{name}: " + ', '.join(f'{k} {v:.4g}' for k, v in res.items() if not k.endswith('_ci')) + f"  (seconds: {seconds[name]})")
 
     out_file = out_file or os.path.join('out', 'eval', f'{model}.json')
     folder = os.path.dirname(out_file) or '.'

@@ -73,7 +73,8 @@ def generate(ldm, prompts, length, steps=50, cfg=2.0, seed=0):
         idx[b, :len(i)] = torch.tensor(i, dtype=torch.long)
     ctx = ldm.encode(idx, ctx_lens)  # the prompt is encoded on its own, as in training
     g = torch.Generator(device=ldm.device).manual_seed(seed)
-    z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, ldm.schedule, ldm.t_mean, ldm.t_std, g)
+    with ldm.autocast():
+        z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, ldm.schedule, ldm.t_mean, ldm.t_std, g)
     tokens = ldm.decode(z, tgt_lens)
     return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
 

@@ -211,6 +211,10 @@ class LDM:
         self.mean, self.std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
         self.schedule, self.t_mean, self.t_std = cfg['t_schedule'], cfg['t_mean'], cfg['t_std']
         self.device, self.block_size, self.vae_block_size = device, self.dit.cfg.block_size, self.vae.cfg.block_size
+        self.bf16 = cfg['dtype'] == 'bfloat16'  # sample in the precision the DiT trained in: 2x faster on CPU too
+
+    def autocast(self):
+        return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=self.bf16)
 
     @torch.no_grad()
     def encode(self, idx, lens):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import eval as ev
 from conftest import make_docs, run_script
@@ -43,8 +44,30 @@ def test_samples_fill_up_with_later_windows_of_long_documents():
 def test_rouge_of_a_text_with_itself_and_with_another():
     text = 'The castle stands on a hill above the river, and the king rode out at dawn.'
     other = 'Quantum chromodynamics describes quarks bound by gluons into hadrons.'
-    assert ev.rouge([text], [text]) == {'rouge1': 100.0, 'rouge2': 100.0, 'rougeL': 100.0}
-    assert max(ev.rouge([other], [text]).values()) < 15
+    same, unrelated = ev.rouge([text], [text]), ev.rouge([other], [text])
+    assert same['rouge1'] == same['rouge2'] == same['rougeL'] == 100.0 and same['rougeL_ci'] == [100.0, 100.0]
+    assert max(unrelated[k] for k in ('rouge1', 'rouge2', 'rougeL')) < 15
+
+def test_generative_perplexity_is_low_for_what_the_judge_learned_and_high_for_noise():
+    """A byte-level GPT that learned one sentence finds its true continuation likely, shuffled bytes not."""
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    text = 'the king rode out at dawn and the castle slept. '
+    encode = lambda s: list(s.encode())
+    gpt = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-2)
+    x = torch.tensor(encode(text * 2)[:64])[None]
+    for _ in range(150):
+        loss = gpt(x[:, :-1], x[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    gpt.eval()
+    prompt, rest = text[:20], text[20:]
+    noise = ''.join(np.random.default_rng(0).permutation(list(rest)))
+    good, bad = ev.gen_perplexity(gpt, encode, [rest] * 4, [prompt] * 4), ev.gen_perplexity(gpt, encode, [noise] * 4, [prompt] * 4)
+    assert good['genppl'] < 1.5 < 10 < bad['genppl']
+    assert good['genppl_ci'][0] <= good['genppl'] <= good['genppl_ci'][1]
 
 def domain_sentences(kind, n, seed):
     rng = np.random.default_rng(seed)
@@ -152,6 +175,7 @@ def test_trained_models_with_the_context_shuffle_test(trained, tiny_data, model,
     (['--metrics=rouge,bleu'], "unknown metric 'bleu': choose from rouge, bertscore, mauve"),
     (['--model=gpt5'], "unknown model 'gpt5': choose from textldm, gpt, gpt2"),
     (['--model=reference', '--shuffle_test=True'], "shuffle_test needs a model that reads its prompt"),
+    (['--model=unigram', '--metrics=genppl'], "the genppl metric needs a judge: --judge="),
     (['--model=unigram', '--benchmarks=lm1b', '--hf_local_dir=/nonexistent', '--metrics=rouge'], "no lm1b.parquet or lm1b.jsonl in /nonexistent"),
 ])
 def test_bad_input_is_one_clear_line(tiny_data, args, message):
