@@ -195,12 +195,23 @@ class TextVAE(nn.Module):
         """-> logits (B, T, vocab), mu, logvar (B, T, C), and the REPA prediction (B, T, teacher width) or None"""
         mu, logvar, h = self.encode(idx, mask)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
-        if noise_std > 0:  # extra decoder-input noise: teaches the decoder to read imprecise latents
-            z = z + noise_std * torch.randn_like(z)
+        if noise_std > 0:  # teach the decoder to read imprecise latents, as a DiT's samples are: see add_decoder_noise
+            z = add_decoder_noise(z, mu, mask, noise_std)
         repa = None
         if self.repa_proj is not None:
             repa = self.repa_proj(h if self.cfg.repa_source == 'hidden' else mu.to(h.dtype))
         return self.decode(z, mask), mu, logvar, repa
+
+def add_decoder_noise(z, mu, mask, noise_std):
+    """z plus Gaussian noise of a level drawn per sequence in [0, noise_std] times each channel's spread of mu
+    in the batch. Relative to the spread (with its gradient), so the encoder cannot beat the noise by growing
+    its latents; a random level, so the decoder reads exact latents as well as imprecise ones. The decoder
+    learns to fall back on the neighbouring latents and on what is frequent, as a denoiser does."""
+    m = torch.ones_like(mu[..., :1]) if mask is None else mask[..., None].to(mu.dtype)
+    mean = (mu * m).sum((0, 1)) / m.sum()
+    spread = (((mu - mean) ** 2 * m).sum((0, 1)) / m.sum()).sqrt()  # (C,)
+    level = noise_std * torch.rand(mu.size(0), 1, 1, device=mu.device)
+    return z + level * spread * torch.randn_like(z)
 
 def gaussian_kl(mu, logvar):
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over channels: nats per token, (B, T)."""

@@ -44,7 +44,7 @@ latent_channels = 16
 dropout = 0.0
 # loss
 beta_kl = 1e-3           # weight of the KL, in nats per token summed over channels
-dec_noise = 0.0          # extra Gaussian noise on the decoder's input latents (robust decoding)
+dec_noise = 0.0          # decoder-input noise, up to this many latent stds (robust decoding of DiT samples)
 repa_weight = 1.0        # lambda; 0 turns REPA off
 repa_teacher = 'minilm'  # 'minilm' (offline default), a local folder, or a hub id such as 'Qwen/Qwen3-1.7B'
 repa_layer = -3          # index into the teacher's hidden states: -3 is the 3rd-to-last layer

@@ -24,16 +24,37 @@ VAES = {
     'norepa': {'repa_weight': 0.0},
     'repa_latent': {'repa_source': 'latent'},
     'repa_latent_c8': {'repa_source': 'latent', 'latent_channels': 8},
+    'dec_noise': {'dec_noise': 1.0},
+    'c32': {'latent_channels': 32},
+    'c64': {'latent_channels': 64},
 }
-# lever -> (VAE, dit_train.py overrides of config/dit_tiny.py, eval.py overrides, what it tests)
+# the DiTs: name -> (VAE, dit_train.py overrides of config/dit_tiny.py)
+DITS = {
+    'base': ('base', {}),
+    'norepa': ('norepa', {}),
+    'repa_latent': ('repa_latent', {}),
+    'repa_latent_c8': ('repa_latent_c8', {}),
+    't_noisier': ('base', {'t_mean': -1.0}),
+    't_uniform': ('base', {'t_schedule': 'uniform'}),
+    't_std12': ('base', {'t_std': 1.2}),
+    'dec_noise': ('dec_noise', {}),
+    'c32': ('c32', {}),
+    'c64': ('c64', {}),
+    'decoder_ce': ('base', {'decoder_ce': 0.3}),
+}
+# lever -> (DiT, eval.py overrides, what it tests)
 LEVERS = {
-    'base': ('base', {}, {}, 'REPA on the encoder output (the paper), C=16, logit-normal(0, 1.5), CFG 2'),
-    'norepa': ('norepa', {}, {}, 'no REPA'),
-    'repa_latent': ('repa_latent', {}, {}, 'REPA on the latent mean instead of the encoder output'),
-    'repa_latent_c8': ('repa_latent_c8', {}, {}, 'REPA on the latent, C=8'),
-    't_noisier': ('base', {'t_mean': -1.0}, {}, 'logit-normal(-1, 1.5): more steps at high noise, where context matters'),
-    't_uniform': ('base', {'t_schedule': 'uniform'}, {}, 'uniform t'),
-    'decoder_ce': ('base', {'decoder_ce': 0.3}, {}, 'plus 0.3 x the frozen decoder\'s token loss on the clean-target estimate'),
+    'base': ('base', {}, 'REPA on the encoder output (the paper), C=16, logit-normal(0, 1.5), CFG 2'),
+    'norepa': ('norepa', {}, 'no REPA'),
+    'repa_latent': ('repa_latent', {}, 'REPA on the latent mean instead of the encoder output'),
+    'repa_latent_c8': ('repa_latent_c8', {}, 'REPA on the latent, C=8'),
+    't_noisier': ('t_noisier', {}, 'logit-normal(-1, 1.5): more steps at high noise, where context matters'),
+    't_uniform': ('t_uniform', {}, 'uniform t'),
+    't_std12': ('t_std12', {}, 'logit-normal(0, 1.2)'),
+    'dec_noise': ('dec_noise', {}, 'a VAE decoder trained on latents with noise of up to 1 latent std'),
+    'c32': ('c32', {}, 'C=32 latent channels'),
+    'c64': ('c64', {}, 'C=64 latent channels'),
+    'decoder_ce': ('decoder_ce', {}, "plus 0.3 x the frozen decoder's token loss on the clean-target estimate"),
 }
 
 def run(cmd, done, log):
@@ -45,13 +66,45 @@ def run(cmd, done, log):
                 raise SystemExit(f"error: `python {' '.join(cmd)}` failed: see {log}")
     return 'python ' + ' '.join(cmd)
 
-def evaluate(name, model_args, num_samples, judge, shuffle):
-    out_file = f'{OUT}/eval/{name}.json'
-    cmd = ['eval.py', *model_args, f'--num_samples={num_samples}', '--metrics=rouge,genppl', f'--judge={judge}',
+def evaluate(name, model_args, num_samples, judge, shuffle=True, metrics='rouge,genppl'):
+    """eval.py's results for one model (cached in out/lev/eval/<name>_n<num_samples>.json) and its command."""
+    out_file = f'{OUT}/eval/{name}_n{num_samples}.json'
+    cmd = ['eval.py', *model_args, f'--num_samples={num_samples}', f'--metrics={metrics}', f'--judge={judge}',
            f'--shuffle_test={shuffle}', f'--out_file={out_file}']
-    command = run(cmd, out_file, f'{OUT}/eval/{name}.log')
+    command = run(cmd, out_file, out_file[:-4] + 'log')
     with open(os.path.join(ROOT, out_file)) as f:
         return dict(json.load(f)['results'], eval_command=command)
+
+def overrides(d):
+    return [f'--{k}={v}' for k, v in d.items()]
+
+def train_gpt(iters, out_dir=f'{OUT}/gpt'):
+    """A GPT of the DiT's width trained on the same windows for `iters` steps -> its folder, command."""
+    return out_dir, run(['ar_train.py', 'config/gpt_tiny.py', f'--out_dir={out_dir}', f'--max_iters={iters}'],
+                        f'{out_dir}/summary.json', f'{out_dir}.log')
+
+def train_dit(name, iters):
+    """The DiT `name` of DITS (and its VAE) -> its folder and a record of both trainings."""
+    vae, dit_over = DITS[name]
+    vae_dir, dit_dir = f'{OUT}/vae_{vae}', f'{OUT}/dit_{name}' + (f'_{iters}' if iters != 500 else '')
+    vae_cmd = run(['vae_train.py', 'config/vae_tiny.py', f'--out_dir={vae_dir}'] + overrides(VAES[vae]),
+                  f'{vae_dir}/summary.json', f'{vae_dir}.log')
+    dit_cmd = run(['dit_train.py', 'config/dit_tiny.py', f'--out_dir={dit_dir}', f'--vae_ckpt={vae_dir}/ckpt.pt',
+                   f'--max_iters={iters}'] + overrides(dit_over), f'{dit_dir}/summary.json', f'{dit_dir}.log')
+    with open(os.path.join(ROOT, vae_dir, 'summary.json')) as f:
+        vae_sum = json.load(f)
+    with open(os.path.join(ROOT, dit_dir, 'summary.json')) as f:
+        dit_sum = json.load(f)
+    return dit_dir, dict(vae_recon_acc=vae_sum['final_eval']['acc_mu'], vae_minutes=vae_sum['minutes'],
+                         dit_minutes=dit_sum['minutes'], dit_val_loss=dit_sum['final_eval']['ema'],
+                         vae_command=vae_cmd, dit_command=dit_cmd)
+
+def lever(name, num_samples, iters, judge):
+    dit, eval_over, what = LEVERS[name]
+    dit_dir, record = train_dit(dit, iters)
+    res = evaluate(name + (f'_{iters}' if iters != 500 else ''), ['--model=textldm', f'--out_dir={dit_dir}'] + overrides(eval_over),
+                   num_samples, judge)
+    return dict(res, what=what, **record)
 
 if __name__ == '__main__':
     args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
@@ -59,33 +112,17 @@ if __name__ == '__main__':
     unknown = [n for n in names if n not in LEVERS]
     if unknown:
         raise SystemExit(f"error: unknown lever {','.join(unknown)}: choose from {', '.join(LEVERS)}")
-    num_samples, dit_iters = int(args.get('num_samples', 100)), int(args.get('dit_iters', 500))
+    num_samples, dit_iters = int(args.get('num_samples', 64)), int(args.get('dit_iters', 500))
     os.makedirs(os.path.join(ROOT, OUT, 'eval'), exist_ok=True)
 
     # the floors, measured in the same run: a GPT trained for as many steps as each DiT, and unigram text
-    gpt = f'{OUT}/gpt'
-    commands = {'gpt': run(['ar_train.py', 'config/gpt_tiny.py', f'--out_dir={gpt}', f'--max_iters={dit_iters}'],
-                           f'{gpt}/summary.json', f'{OUT}/gpt.log')}
+    gpt, gpt_cmd = train_gpt(dit_iters)
     rows = {'unigram floor': dict(evaluate('unigram', ['--model=unigram', '--block_size=128'], num_samples, gpt, False),
                                   what='random tokens at training-corpus frequency'),
-            'same-budget GPT': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], num_samples, gpt, True),
-                                    what=f'GPT, same width, {dit_iters} steps', train_command=commands['gpt'])}
+            'same-budget GPT': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], num_samples, gpt),
+                                    what=f'GPT, same width, {dit_iters} steps', train_command=gpt_cmd)}
     for name in names:
-        vae, dit_over, eval_over, what = LEVERS[name]
-        vae_dir, dit_dir = f'{OUT}/vae_{vae}', f'{OUT}/dit_{name}'
-        vae_cmd = run(['vae_train.py', 'config/vae_tiny.py', f'--out_dir={vae_dir}'] +
-                      [f'--{k}={v}' for k, v in VAES[vae].items()], f'{vae_dir}/summary.json', f'{OUT}/vae_{vae}.log')
-        dit_cmd = run(['dit_train.py', 'config/dit_tiny.py', f'--out_dir={dit_dir}', f'--vae_ckpt={vae_dir}/ckpt.pt',
-                       f'--max_iters={dit_iters}'] + [f'--{k}={v}' for k, v in dit_over.items()],
-                      f'{dit_dir}/summary.json', f'{OUT}/dit_{name}.log')
-        with open(os.path.join(ROOT, vae_dir, 'summary.json')) as f:
-            vae_eval = json.load(f)['final_eval']
-        with open(os.path.join(ROOT, dit_dir, 'summary.json')) as f:
-            dit_sum = json.load(f)
-        res = evaluate(name, ['--model=textldm', f'--out_dir={dit_dir}'] + [f'--{k}={v}' for k, v in eval_over.items()],
-                       num_samples, gpt, True)
-        rows[name] = dict(res, what=what, vae_recon_acc=vae_eval['acc_mu'], dit_minutes=dit_sum['minutes'],
-                          dit_val_loss=dit_sum['final_eval']['ema'], vae_command=vae_cmd, dit_command=dit_cmd)
+        rows[name] = lever(name, num_samples, dit_iters, gpt)
 
     with open(os.path.join(ROOT, 'bench/results/dit_learns.json'), 'w') as f:
         json.dump(dict(command='python bench/dit_learns.py ' + ' '.join(sys.argv[1:]), rows=rows), f, indent=1)

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from model import (Block, TextVAE, VAEConfig, TextDiT, DiTConfig, gaussian_kl, lengths_to_mask, rope_cache,
+from model import (Block, TextVAE, VAEConfig, TextDiT, DiTConfig, gaussian_kl, lengths_to_mask, rope_cache, add_decoder_noise,
                    pack_segments, take_segment, encode_segments)
 
 def test_causal_block_ignores_the_future():
@@ -116,3 +116,15 @@ def test_dit_overfits_a_few_latent_sequences():
     after = sum(loss_at(t, x0).item() for t, x0 in fixed)
     # 4 sequences: the velocity field is nearly determined by (x_t, t, context): the loss collapses
     assert after < 0.3 * before
+
+def test_decoder_noise_grows_with_the_latents_so_growing_them_cannot_beat_it():
+    mu = torch.randn(8, 10, 4) * torch.tensor([1.0, 2.0, 4.0, 8.0])
+    mask = torch.ones(8, 10, dtype=torch.bool)
+    mask[:, 7:] = False
+    torch.manual_seed(1)
+    noise = add_decoder_noise(mu, mu, mask, 1.0) - mu
+    torch.manual_seed(1)
+    noise_of_grown = add_decoder_noise(10 * mu, 10 * mu, mask, 1.0) - 10 * mu
+    assert torch.allclose(noise_of_grown, 10 * noise, rtol=1e-4, atol=1e-4)
+    per_channel = noise[mask].std(0) / mu[mask].std(0)  # each channel's noise follows its own spread
+    assert 0.2 < per_channel.min() and per_channel.max() / per_channel.min() < 1.5

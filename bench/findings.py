@@ -1,0 +1,125 @@
+"""
+The paper's findings, reproduced at CPU scale on the embedded benchmarks (METHOD.md section 4), with the
+runs of bench/dit_learns.py (same seeds, same data, every DiT 500 steps unless said):
+  1. REPA on vs off: the VAE's reconstruction and the generation of a DiT trained on each latent space;
+  2. TextLDM vs the GPT baseline at the same training tokens and at the same wall-clock;
+  3. the time distribution: logit-normal std 1.5 vs 1.2 vs uniform;
+  4. the CFG scale: 1, 1.5, 2, 3, 4;
+  5. latent channels: 16, 32, 64;
+  6. a training curve like the paper's Figure 4: ROUGE-L and MAUVE of TextLDM and the GPT at the same steps.
+Results: bench/results/findings.json, findings.md and findings.png. A '## Reading' section already in
+findings.md (written by a person after looking at the numbers) is kept when the tables are rewritten.
+
+    python bench/findings.py                    # hours on 2 cores; every finished run is reused
+    python bench/findings.py --num_samples=64
+"""
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dit_learns import DITS, LEVERS, OUT, ROOT, evaluate, lever, run, train_dit, train_gpt
+
+DEFAULT = 'base'  # the DiT of config/dit_tiny.py, as a name in dit_learns.DITS
+CURVE_STEPS = (125, 250, 500, 1000)
+BENCHES = ('wikipedia', 'literary')
+
+def curve(kind, num_samples, judge):
+    """One run of the DiT (or GPT) to the last of CURVE_STEPS with its schedule set for that many steps,
+    evaluated at each step (a resumed run reproduces the uninterrupted one) -> {step: results}."""
+    vae, dit_over = DITS[DEFAULT]
+    work, points = f'{OUT}/curve_{kind}', {}
+    for step in CURVE_STEPS:
+        done = f'{work}_{step}'
+        if kind == 'dit':
+            cmd = ['dit_train.py', 'config/dit_tiny.py', f'--vae_ckpt={OUT}/vae_{vae}/ckpt.pt'] + [f'--{k}={v}' for k, v in dit_over.items()]
+        else:
+            cmd = ['ar_train.py', 'config/gpt_tiny.py']
+        cmd += [f'--out_dir={work}', f'--max_iters={step}', f'--lr_decay_iters={CURVE_STEPS[-1]}',
+                f'--eval_interval={CURVE_STEPS[0]}', f"--init_from={'resume' if step > CURVE_STEPS[0] else 'scratch'}"]
+        command = run(cmd, f'{done}/summary.json', f'{done}.log')
+        if not os.path.exists(os.path.join(ROOT, done, 'summary.json')):
+            shutil.copytree(os.path.join(ROOT, work), os.path.join(ROOT, done))
+        model = ['--model=textldm' if kind == 'dit' else '--model=gpt', f'--out_dir={done}']
+        points[step] = dict(evaluate(f'curve_{kind}_{step}', model, num_samples, judge, False, 'rouge,mauve'),
+                            train_command=command)
+    return points
+
+def table(rows, keys=('rougeL', 'genppl')):
+    names = {'rougeL': 'ROUGE-L', 'genppl': 'gen. PPL', 'mauve': 'MAUVE', 'ctx_unchanged': 'ctx-shuffle unchanged %'}
+    head = '| arm | ' + ' | '.join(f'{b} {names[k]}' for b in BENCHES for k in keys) + ' |'
+    lines = [head, '|---' * (1 + len(BENCHES) * len(keys)) + '|']
+    for arm, r in rows.items():
+        cells = []
+        for b in BENCHES:
+            for k in keys:
+                v, ci = r[b].get(k), r[b].get(k + '_ci')
+                cells.append('' if v is None else f'{v:.1f}' + (f' [{ci[0]:.1f}, {ci[1]:.1f}]' if ci else ''))
+        lines.append(f'| {arm} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+def figure(points_dit, points_gpt, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(axes, ('rougeL', 'mauve'), ('ROUGE-L', 'MAUVE')):
+        for points, name, style in ((points_dit, 'TextLDM', 'o-'), (points_gpt, 'GPT (same steps)', 's--')):
+            for b, color in zip(BENCHES, ('C0', 'C1')):
+                ax.plot(list(points), [p[b][key] for p in points.values()], style, color=color, label=f'{name}, {b}')
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel('training step')
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle('Training curve on the embedded benchmarks (cf. the paper\'s Figure 4)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+if __name__ == '__main__':
+    args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+    n = int(args.get('num_samples', 64))
+    os.makedirs(os.path.join(ROOT, OUT, 'eval'), exist_ok=True)
+    gpt, gpt_cmd = train_gpt(500)
+    res = {'command': 'python bench/findings.py ' + ' '.join(sys.argv[1:])}
+
+    res['repa'] = {k: lever(k, n, 500, gpt) for k in ('base', 'norepa', 'repa_latent')}
+    default = lever(DEFAULT, n, 500, gpt)
+    with open(os.path.join(ROOT, gpt, 'summary.json')) as f:
+        step_s = json.load(f)['median_step_ms'] / 1000
+    wall_iters = round(60 * (default['vae_minutes'] + default['dit_minutes']) / step_s)  # the GPT's steps in the same minutes
+    gpt_wall, gpt_wall_cmd = train_gpt(wall_iters, f'{OUT}/gpt_wallclock')
+    res['ar'] = {'TextLDM (VAE + DiT 500 steps)': default,
+                 'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
+                                                              train_command=gpt_cmd),
+                 f'GPT, same wall-clock ({wall_iters} steps)': dict(
+                     evaluate('gpt_wallclock', ['--model=gpt', f'--out_dir={gpt_wall}'], n, gpt), train_command=gpt_wall_cmd),
+                 'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
+    res['t_schedule'] = {k: lever(k, n, 500, gpt) for k in ('base', 't_std12', 't_uniform')}
+    dit_dir, _ = train_dit(DEFAULT, 500)
+    res['cfg'] = {f'cfg {c}': evaluate(f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt)
+                  for c in (1.0, 1.5, 2.0, 3.0, 4.0)}
+    res['channels'] = {k: lever(k, n, 500, gpt) for k in ('base', 'c32', 'c64')}
+    res['curve'] = {'TextLDM': curve('dit', n, gpt), 'GPT': curve('gpt', n, gpt)}
+
+    out = os.path.join(ROOT, 'bench/results')
+    with open(os.path.join(out, 'findings.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    figure(res['curve']['TextLDM'], res['curve']['GPT'], os.path.join(out, 'findings.png'))
+    md = os.path.join(out, 'findings.md')
+    reading = open(md).read().split('## Reading', 1) if os.path.exists(md) else []
+    recon = ' / '.join(f"{k} {v['vae_recon_acc']:.2f}%" for k, v in res['repa'].items())
+    parts = [f"# The paper's findings at CPU scale\n\n{n} samples per benchmark, [95% bootstrap interval]; "
+             f"generative perplexity under the same-budget GPT. Every command: findings.json. `{res['command']}`",
+             f"## 1. REPA on vs off\nHeld-out VAE reconstruction: {recon}.\n\n" + table(res['repa'], ('rougeL', 'genppl', 'ctx_unchanged')),
+             "## 2. TextLDM vs the GPT baseline\n" + table(res['ar'], ('rougeL', 'genppl')),
+             "## 3. Time distribution\n" + table(res['t_schedule']),
+             "## 4. CFG scale\n" + table(res['cfg'], ('rougeL', 'genppl', 'ctx_unchanged')),
+             "## 5. Latent channels\n" + table(res['channels']),
+             "## 6. Training curve (findings.png)\n" + '\n\n'.join(
+                 f'{name}\n\n' + table({f'step {s}': p for s, p in pts.items()}, ('rougeL', 'mauve'))
+                 for name, pts in res['curve'].items())]
+    with open(md, 'w') as f:
+        f.write('\n\n'.join(parts) + '\n' + ('\n## Reading' + reading[1] if len(reading) > 1 else ''))
+    print(open(md).read())
