@@ -18,43 +18,48 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = 'out/lev'
-# the latents: VAE name -> vae_train.py overrides of config/vae_tiny.py
+# the latents: VAE name -> vae_train.py overrides of config/vae_tiny.py (the default: REPA on the encoder
+# output, C=16, decoder noise of up to 1 latent std); 'base' is the paper's VAE, without decoder noise
+PAPER = {'dec_noise': 0.0}
 VAES = {
-    'base': {},
+    'base': PAPER,
+    'repa_latent': {**PAPER, 'repa_source': 'latent'},
+    'dec_noise': {},
+    'dec_noise2': {'dec_noise': 2.0},
     'norepa': {'repa_weight': 0.0},
-    'repa_latent': {'repa_source': 'latent'},
-    'repa_latent_c8': {'repa_source': 'latent', 'latent_channels': 8},
-    'dec_noise': {'dec_noise': 1.0},
     'c32': {'latent_channels': 32},
     'c64': {'latent_channels': 64},
 }
-# the DiTs: name -> (VAE, dit_train.py overrides of config/dit_tiny.py)
+# the DiTs: name -> (VAE, dit_train.py overrides of config/dit_tiny.py: logit-normal(0, 1.5), 500 steps)
 DITS = {
     'base': ('base', {}),
-    'norepa': ('norepa', {}),
     'repa_latent': ('repa_latent', {}),
-    'repa_latent_c8': ('repa_latent_c8', {}),
     't_noisier': ('base', {'t_mean': -1.0}),
-    't_uniform': ('base', {'t_schedule': 'uniform'}),
-    't_std12': ('base', {'t_std': 1.2}),
+    'decoder_ce': ('base', {'decoder_ce': 0.3}),
+    'latent_ce': ('repa_latent', {'decoder_ce': 0.3}),
     'dec_noise': ('dec_noise', {}),
+    'dec_noise2': ('dec_noise2', {}),
+    'noise_ce': ('dec_noise', {'decoder_ce': 0.3}),
+    'norepa': ('norepa', {}),
+    't_uniform': ('dec_noise', {'t_schedule': 'uniform'}),
+    't_std12': ('dec_noise', {'t_std': 1.2}),
     'c32': ('c32', {}),
     'c64': ('c64', {}),
-    'decoder_ce': ('base', {'decoder_ce': 0.3}),
 }
-# lever -> (DiT, eval.py overrides, what it tests)
+# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said
 LEVERS = {
-    'base': ('base', {}, 'REPA on the encoder output (the paper), C=16, logit-normal(0, 1.5), CFG 2'),
-    'norepa': ('norepa', {}, 'no REPA'),
-    'repa_latent': ('repa_latent', {}, 'REPA on the latent mean instead of the encoder output'),
-    'repa_latent_c8': ('repa_latent_c8', {}, 'REPA on the latent, C=8'),
-    't_noisier': ('t_noisier', {}, 'logit-normal(-1, 1.5): more steps at high noise, where context matters'),
-    't_uniform': ('t_uniform', {}, 'uniform t'),
-    't_std12': ('t_std12', {}, 'logit-normal(0, 1.2)'),
-    'dec_noise': ('dec_noise', {}, 'a VAE decoder trained on latents with noise of up to 1 latent std'),
-    'c32': ('c32', {}, 'C=32 latent channels'),
-    'c64': ('c64', {}, 'C=64 latent channels'),
-    'decoder_ce': ('decoder_ce', {}, "plus 0.3 x the frozen decoder's token loss on the clean-target estimate"),
+    'base': ('base', {}, "the paper's setup: REPA on the encoder output, C=16, logit-normal(0, 1.5)"),
+    'repa_latent': ('repa_latent', {}, 'base, REPA on the latent mean instead of the encoder output'),
+    't_noisier': ('t_noisier', {}, 'base, logit-normal(-1, 1.5): more steps at high noise, where context matters'),
+    'decoder_ce': ('decoder_ce', {}, "base + 0.3 x the frozen decoder's token loss on the DiT's clean-target estimate"),
+    'latent_ce': ('latent_ce', {}, 'REPA on the latent + the decoder token loss'),
+    'decoder_ce_cfg4': ('decoder_ce', {'cfg': 4.0}, 'the decoder token loss, sampled with CFG 4'),
+    'dec_noise': ('dec_noise', {}, 'base + decoder noise of up to 1 latent std in VAE training (the new default)'),
+    'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'the default, sampled with CFG 3'),
+    'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'the default, sampled with CFG 4'),
+    'dec_noise2': ('dec_noise2', {}, 'decoder noise of up to 2 latent stds'),
+    'noise_ce': ('noise_ce', {}, 'the default + the decoder token loss'),
+    'norepa': ('norepa', {}, 'the default without REPA'),
 }
 
 def run(cmd, done, log):
@@ -99,11 +104,17 @@ def train_dit(name, iters):
                          dit_minutes=dit_sum['minutes'], dit_val_loss=dit_sum['final_eval']['ema'],
                          vae_command=vae_cmd, dit_command=dit_cmd)
 
-def lever(name, num_samples, iters, judge):
+def write_keeping_reading(path, text):
+    """Write a results page, keeping the '## Reading' section a person wrote under the previous tables."""
+    old = open(path).read().split('## Reading', 1) if os.path.exists(path) else []
+    with open(path, 'w') as f:
+        f.write(text + ('\n## Reading' + old[1] if len(old) > 1 else ''))
+
+def lever(name, num_samples, iters, judge, shuffle=True):
     dit, eval_over, what = LEVERS[name]
     dit_dir, record = train_dit(dit, iters)
-    res = evaluate(name + (f'_{iters}' if iters != 500 else ''), ['--model=textldm', f'--out_dir={dit_dir}'] + overrides(eval_over),
-                   num_samples, judge)
+    res = evaluate(name + (f'_{iters}' if iters != 500 else '') + ('' if shuffle else '_noshuffle'),
+                   ['--model=textldm', f'--out_dir={dit_dir}'] + overrides({'cfg': 2.0, **eval_over}), num_samples, judge, shuffle)
     return dict(res, what=what, **record)
 
 if __name__ == '__main__':
@@ -137,7 +148,6 @@ if __name__ == '__main__':
         cells = [f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {r[b].get('ctx_unchanged', float('nan')):.0f}"
                  for b in ('wikipedia', 'literary')]
         lines.append(f"| {name} | {r['what']} | " + ' | '.join(cells) + f" | {'yes' if beats else 'no'} |")
-    with open(os.path.join(ROOT, 'bench/results/dit_learns.md'), 'w') as f:
-        f.write('\n'.join(lines) + f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]. "
-                "Commands: bench/results/dit_learns.json.\n")
+    write_keeping_reading(os.path.join(ROOT, 'bench/results/dit_learns.md'), '\n'.join(lines) +
+                          f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]. Commands: dit_learns.json.\n")
     print('\n'.join(lines))

@@ -19,10 +19,10 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dit_learns import DITS, LEVERS, OUT, ROOT, evaluate, lever, run, train_dit, train_gpt
+from dit_learns import DITS, OUT, ROOT, evaluate, lever, run, train_dit, train_gpt, write_keeping_reading
 
-DEFAULT = 'base'  # the DiT of config/dit_tiny.py, as a name in dit_learns.DITS
-CURVE_STEPS = (125, 250, 500, 1000)
+DEFAULT = 'dec_noise'  # the embedded default (config/vae_tiny.py + config/dit_tiny.py), a name in dit_learns.DITS
+CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
 BENCHES = ('wikipedia', 'literary')
 
 def curve(kind, num_samples, judge):
@@ -84,23 +84,24 @@ if __name__ == '__main__':
     gpt, gpt_cmd = train_gpt(500)
     res = {'command': 'python bench/findings.py ' + ' '.join(sys.argv[1:])}
 
-    res['repa'] = {k: lever(k, n, 500, gpt) for k in ('base', 'norepa', 'repa_latent')}
     default = lever(DEFAULT, n, 500, gpt)
-    with open(os.path.join(ROOT, gpt, 'summary.json')) as f:
-        step_s = json.load(f)['median_step_ms'] / 1000
-    wall_iters = round(60 * (default['vae_minutes'] + default['dit_minutes']) / step_s)  # the GPT's steps in the same minutes
-    gpt_wall, gpt_wall_cmd = train_gpt(wall_iters, f'{OUT}/gpt_wallclock')
+    res['repa'] = {'REPA on (the default)': default, 'REPA off': lever('norepa', n, 500, gpt)}
+    # the GPT's steps in the minutes the VAE and DiT take, timed on a quiet machine by bench/train_tiny.py
+    # (the runs here share the CPU, so their own timings are not comparable)
+    quiet = [json.load(open(os.path.join(ROOT, f'bench/results/{k}_tiny.json'))) for k in ('vae', 'dit', 'gpt')]
+    wall_iters = 50 * round((quiet[0]['minutes'] + quiet[1]['minutes']) * 60 / (quiet[2]['median_step_ms'] / 1000) / 50)
+    gpt_wall, gpt_wall_cmd = train_gpt(wall_iters, f'{OUT}/gpt_{wall_iters}')
     res['ar'] = {'TextLDM (VAE + DiT 500 steps)': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
                                                               train_command=gpt_cmd),
                  f'GPT, same wall-clock ({wall_iters} steps)': dict(
-                     evaluate('gpt_wallclock', ['--model=gpt', f'--out_dir={gpt_wall}'], n, gpt), train_command=gpt_wall_cmd),
+                     evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={gpt_wall}'], n, gpt), train_command=gpt_wall_cmd),
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
-    res['t_schedule'] = {k: lever(k, n, 500, gpt) for k in ('base', 't_std12', 't_uniform')}
+    res['t_schedule'] = {k: lever(k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 't_std12', 't_uniform')}
     dit_dir, _ = train_dit(DEFAULT, 500)
-    res['cfg'] = {f'cfg {c}': evaluate(f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt)
+    res['cfg'] = {f'cfg {c}': evaluate(f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt, False)
                   for c in (1.0, 1.5, 2.0, 3.0, 4.0)}
-    res['channels'] = {k: lever(k, n, 500, gpt) for k in ('base', 'c32', 'c64')}
+    res['channels'] = {k: lever(k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 'c32', 'c64')}
     res['curve'] = {'TextLDM': curve('dit', n, gpt), 'GPT': curve('gpt', n, gpt)}
 
     out = os.path.join(ROOT, 'bench/results')
@@ -108,18 +109,16 @@ if __name__ == '__main__':
         json.dump(res, f, indent=1)
     figure(res['curve']['TextLDM'], res['curve']['GPT'], os.path.join(out, 'findings.png'))
     md = os.path.join(out, 'findings.md')
-    reading = open(md).read().split('## Reading', 1) if os.path.exists(md) else []
     recon = ' / '.join(f"{k} {v['vae_recon_acc']:.2f}%" for k, v in res['repa'].items())
     parts = [f"# The paper's findings at CPU scale\n\n{n} samples per benchmark, [95% bootstrap interval]; "
              f"generative perplexity under the same-budget GPT. Every command: findings.json. `{res['command']}`",
              f"## 1. REPA on vs off\nHeld-out VAE reconstruction: {recon}.\n\n" + table(res['repa'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 2. TextLDM vs the GPT baseline\n" + table(res['ar'], ('rougeL', 'genppl')),
              "## 3. Time distribution\n" + table(res['t_schedule']),
-             "## 4. CFG scale\n" + table(res['cfg'], ('rougeL', 'genppl', 'ctx_unchanged')),
+             "## 4. CFG scale\n" + table(res['cfg']),
              "## 5. Latent channels\n" + table(res['channels']),
              "## 6. Training curve (findings.png)\n" + '\n\n'.join(
                  f'{name}\n\n' + table({f'step {s}': p for s, p in pts.items()}, ('rougeL', 'mauve'))
                  for name, pts in res['curve'].items())]
-    with open(md, 'w') as f:
-        f.write('\n\n'.join(parts) + '\n' + ('\n## Reading' + reading[1] if len(reading) > 1 else ''))
+    write_keeping_reading(md, '\n\n'.join(parts) + '\n')
     print(open(md).read())

@@ -14,9 +14,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 stage = sys.argv[1] if len(sys.argv) > 1 else 'vae'
-if stage not in ('vae', 'dit'):
-    raise SystemExit("error: usage: python bench/train_tiny.py vae|dit [extra --key=value ...]")
-cmd = [sys.executable, f'{stage}_train.py', f'config/{stage}_tiny.py', *sys.argv[2:]]
+if stage not in ('vae', 'dit', 'gpt'):
+    raise SystemExit("error: usage: python bench/train_tiny.py vae|dit|gpt [extra --key=value ...]")
+cmd = [sys.executable, 'ar_train.py' if stage == 'gpt' else f'{stage}_train.py', f'config/{stage}_tiny.py', *sys.argv[2:]]
 subprocess.run(cmd, cwd=ROOT, check=True)
 out_dir = f'out/{stage}_tiny'
 for arg in sys.argv[2:]:
@@ -28,6 +28,8 @@ ev = s['final_eval']
 if stage == 'vae':
     result = dict(val_recon_acc_mu=ev['acc_mu'], val_recon_acc_z=ev['acc_z'], val_ce=ev['ce'], kl_nats_per_token=ev['kl'],
                   mean_sigma=ev['sigma'], repa_cos=ev.get('repa_cos'), latent_std=ev['mu_std'])
+elif stage == 'gpt':
+    result = dict(val_loss=ev['val_loss'])
 else:
     result = dict(val_flow_loss=ev['model'], val_flow_loss_ema=ev.get('ema'),
                   val_flow_loss_by_t=ev.get('ema_by_t', ev['model_by_t']), t_bins=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])

@@ -1,4 +1,5 @@
-# The embedded default on a 2-core CPU: BPE-4096 tokens, d=256, 2+2 layers, C=16, REPA to MiniLM.
+# The embedded default on a 2-core CPU: BPE-4096 tokens, d=256, 2+2 layers, C=16, REPA to MiniLM,
+# decoder noise (bench/results/dit_learns.md: what made the small DiT's text beat the floors).
 # python vae_train.py config/vae_tiny.py
 out_dir = 'out/vae_tiny'
 data_dir = 'data/embedded'
@@ -11,5 +12,6 @@ n_dec_layer = 2
 latent_channels = 16
 repa_teacher = 'minilm'
 repa_layer = -3
+dec_noise = 1.0  # the decoder learns to read imprecise latents: a DiT's samples decode to real words
 max_iters = 350
 dtype = 'bfloat16'
