@@ -11,7 +11,7 @@ Results: bench/results/findings.json, findings.md and findings.png. A '## Readin
 findings.md (written by a person after looking at the numbers) is kept when the tables are rewritten.
 
     python bench/findings.py                    # hours on 2 cores; every finished run is reused
-    python bench/findings.py --num_samples=64
+    python bench/findings.py --cached_only=True    # tabulate what has finished, start nothing
 """
 import json
 import os
@@ -19,7 +19,8 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dit_learns import DITS, OUT, ROOT, evaluate, lever, run, train_dit, train_gpt, write_keeping_reading
+import dit_learns
+from dit_learns import DITS, OUT, ROOT, NotRun, evaluate, lever, run, train_dit, train_gpt, write_keeping_reading
 
 DEFAULT = 'dec_noise'  # the embedded default (config/vae_tiny.py + config/dit_tiny.py), a name in dit_learns.DITS
 CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
@@ -38,25 +39,38 @@ def curve(kind, num_samples, judge):
             cmd = ['ar_train.py', 'config/gpt_tiny.py']
         cmd += [f'--out_dir={work}', f'--max_iters={step}', f'--lr_decay_iters={CURVE_STEPS[-1]}',
                 f'--eval_interval={CURVE_STEPS[0]}', f"--init_from={'resume' if step > CURVE_STEPS[0] else 'scratch'}"]
-        command = run(cmd, f'{done}/summary.json', f'{done}.log')
-        if not os.path.exists(os.path.join(ROOT, done, 'summary.json')):
-            shutil.copytree(os.path.join(ROOT, work), os.path.join(ROOT, done))
         model = ['--model=textldm' if kind == 'dit' else '--model=gpt', f'--out_dir={done}']
-        points[step] = dict(evaluate(f'curve_{kind}_{step}', model, num_samples, judge, False, 'rouge,mauve'),
-                            train_command=command)
+        try:
+            command = run(cmd, f'{done}/summary.json', f'{done}.log')
+            if not os.path.exists(os.path.join(ROOT, done, 'summary.json')):
+                shutil.copytree(os.path.join(ROOT, work), os.path.join(ROOT, done))
+            points[step] = dict(evaluate(f'curve_{kind}_{step}', model, num_samples, judge, False, 'rouge,mauve'),
+                                train_command=command)
+        except NotRun:  # --cached_only: the curve so far
+            break
     return points
+
+def arm(fn, *args, **kwargs):
+    """fn's results, or with --cached_only=True a note of the command that has not run yet."""
+    try:
+        return fn(*args, **kwargs)
+    except NotRun as e:
+        return {'not_run': str(e)}
 
 def table(rows, keys=('rougeL', 'genppl')):
     names = {'rougeL': 'ROUGE-L', 'genppl': 'gen. PPL', 'mauve': 'MAUVE', 'ctx_unchanged': 'ctx-shuffle unchanged %'}
     head = '| arm | ' + ' | '.join(f'{b} {names[k]}' for b in BENCHES for k in keys) + ' |'
     lines = [head, '|---' * (1 + len(BENCHES) * len(keys)) + '|']
-    for arm, r in rows.items():
+    for name, r in rows.items():
+        if 'not_run' in r:
+            lines.append(f"| {name} | not run yet: `{r['not_run']}` |")
+            continue
         cells = []
         for b in BENCHES:
             for k in keys:
                 v, ci = r[b].get(k), r[b].get(k + '_ci')
                 cells.append('' if v is None else f'{v:.1f}' + (f' [{ci[0]:.1f}, {ci[1]:.1f}]' if ci else ''))
-        lines.append(f'| {arm} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 def figure(points_dit, points_gpt, path):
@@ -80,28 +94,28 @@ def figure(points_dit, points_gpt, path):
 if __name__ == '__main__':
     args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
     n = int(args.get('num_samples', 64))
+    dit_learns.CACHED_ONLY = args.get('cached_only', 'False') == 'True'
     os.makedirs(os.path.join(ROOT, OUT, 'eval'), exist_ok=True)
     gpt, gpt_cmd = train_gpt(500)
     res = {'command': 'python bench/findings.py ' + ' '.join(sys.argv[1:])}
 
     default = lever(DEFAULT, n, 500, gpt)
-    res['repa'] = {'REPA on (the default)': default, 'REPA off': lever('norepa', n, 500, gpt)}
+    res['repa'] = {'REPA on (the default)': default, 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
     # the GPT's steps in the minutes the VAE and DiT take, timed on a quiet machine by bench/train_tiny.py
     # (the runs here share the CPU, so their own timings are not comparable)
     quiet = [json.load(open(os.path.join(ROOT, f'bench/results/{k}_tiny.json'))) for k in ('vae', 'dit', 'gpt')]
     wall_iters = 50 * round((quiet[0]['minutes'] + quiet[1]['minutes']) * 60 / (quiet[2]['median_step_ms'] / 1000) / 50)
-    gpt_wall, gpt_wall_cmd = train_gpt(wall_iters, f'{OUT}/gpt_{wall_iters}')
+    wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
     res['ar'] = {'TextLDM (VAE + DiT 500 steps)': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
                                                               train_command=gpt_cmd),
-                 f'GPT, same wall-clock ({wall_iters} steps)': dict(
-                     evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={gpt_wall}'], n, gpt), train_command=gpt_wall_cmd),
+                 f'GPT, same wall-clock ({wall_iters} steps)': arm(wall),
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
-    res['t_schedule'] = {k: lever(k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 't_std12', 't_uniform')}
+    res['t_schedule'] = {k: arm(lever, k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 't_std12', 't_uniform')}
     dit_dir, _ = train_dit(DEFAULT, 500)
-    res['cfg'] = {f'cfg {c}': evaluate(f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt, False)
+    res['cfg'] = {f'cfg {c}': arm(evaluate, f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt, False)
                   for c in (1.0, 1.5, 2.0, 3.0, 4.0)}
-    res['channels'] = {k: lever(k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 'c32', 'c64')}
+    res['channels'] = {k: arm(lever, k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 'c32', 'c64')}
     res['curve'] = {'TextLDM': curve('dit', n, gpt), 'GPT': curve('gpt', n, gpt)}
 
     out = os.path.join(ROOT, 'bench/results')
