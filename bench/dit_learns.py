@@ -58,9 +58,14 @@ LEVERS = {
     'dec_noise': ('dec_noise', {}, 'base + decoder noise of up to 1 latent std in VAE training (the new default)'),
     'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'the default, sampled with CFG 3'),
     'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'the default, sampled with CFG 4'),
+    'dec_noise_cfg6': ('dec_noise', {'cfg': 6.0}, 'the default, sampled with CFG 6'),
     'dec_noise2': ('dec_noise2', {}, 'decoder noise of up to 2 latent stds'),
     'noise_ce': ('noise_ce', {}, 'the default + the decoder token loss'),
     'norepa': ('norepa', {}, 'the default without REPA'),
+    't_uniform': ('t_uniform', {}, 'the default with uniform t'),
+    't_std12': ('t_std12', {}, 'the default with logit-normal(0, 1.2)'),
+    'c32': ('c32', {}, 'the default with C=32 latent channels'),
+    'c64': ('c64', {}, 'the default with C=64 latent channels'),
 }
 
 CACHED_ONLY = False  # --cached_only=True: tabulate the finished runs, start none
@@ -157,7 +162,8 @@ if __name__ == '__main__':
     for name, r in rows.items():
         beats = all(r[b]['rougeL'] > floor[b]['rougeL_ci'][1] and r[b]['genppl'] < floor[b]['genppl_ci'][0]
                     for b in ('wikipedia', 'literary'))
-        cells = [f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {r[b].get('ctx_unchanged', float('nan')):.0f}"
+        ctx = lambda b: f"{r[b]['ctx_unchanged']:.0f}" if 'ctx_unchanged' in r[b] else ''
+        cells = [f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {ctx(b)}"
                  for b in ('wikipedia', 'literary')]
         lines.append(f"| {name} | {r['what']} | " + ' | '.join(cells) + f" | {'yes' if beats else 'no'} |")
     write_keeping_reading(os.path.join(ROOT, 'bench/results/dit_learns.md'), '\n'.join(lines) +

@@ -101,10 +101,10 @@ if __name__ == '__main__':
 
     default = lever(DEFAULT, n, 500, gpt)
     res['repa'] = {'REPA on (the default)': default, 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
-    # the GPT's steps in the minutes the VAE and DiT take, timed on a quiet machine by bench/train_tiny.py
-    # (the runs here share the CPU, so their own timings are not comparable)
-    quiet = [json.load(open(os.path.join(ROOT, f'bench/results/{k}_tiny.json'))) for k in ('vae', 'dit', 'gpt')]
-    wall_iters = 50 * round((quiet[0]['minutes'] + quiet[1]['minutes']) * 60 / (quiet[2]['median_step_ms'] / 1000) / 50)
+    # the GPT steps that take the VAE's and DiT's minutes, from runs timed alone on the 2-core machine (the
+    # runs here share the CPU, so their own timings are not comparable): bench/results/vae_tiny.json and
+    # dit_tiny.json (3.72 + 5.11 min, whole scripts), and the GPT's median step of 501 ms (out/gpt_tiny)
+    wall_iters = 50 * round((3.72 + 5.11) * 60 / 0.501 / 50)
     wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
     res['ar'] = {'TextLDM (VAE + DiT 500 steps)': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
