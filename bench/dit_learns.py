@@ -47,7 +47,7 @@ DITS = {
     'c32': ('c32', {}),
     'c64': ('c64', {}),
 }
-# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said
+# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said (the default is 4)
 LEVERS = {
     'base': ('base', {}, "the paper's setup: REPA on the encoder output, C=16, logit-normal(0, 1.5)"),
     'repa_latent': ('repa_latent', {}, 'base, REPA on the latent mean instead of the encoder output'),
@@ -55,13 +55,13 @@ LEVERS = {
     'decoder_ce': ('decoder_ce', {}, "base + 0.3 x the frozen decoder's token loss on the DiT's clean-target estimate"),
     'latent_ce': ('latent_ce', {}, 'REPA on the latent + the decoder token loss'),
     'decoder_ce_cfg4': ('decoder_ce', {'cfg': 4.0}, 'the decoder token loss, sampled with CFG 4'),
-    'dec_noise': ('dec_noise', {}, 'base + decoder noise of up to 1 latent std in VAE training (the new default)'),
-    'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'the default, sampled with CFG 3'),
-    'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'the default, sampled with CFG 4'),
-    'dec_noise_cfg6': ('dec_noise', {'cfg': 6.0}, 'the default, sampled with CFG 6'),
+    'dec_noise': ('dec_noise', {}, 'base + decoder noise of up to 1 latent std in VAE training'),
+    'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'decoder noise, sampled with CFG 3'),
+    'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'THE DEFAULT: decoder noise, sampled with CFG 4'),
+    'dec_noise_cfg6': ('dec_noise', {'cfg': 6.0}, 'decoder noise, sampled with CFG 6'),
     'dec_noise2': ('dec_noise2', {}, 'decoder noise of up to 2 latent stds'),
-    'noise_ce': ('noise_ce', {}, 'the default + the decoder token loss'),
-    'norepa': ('norepa', {}, 'the default without REPA'),
+    'noise_ce': ('noise_ce', {}, 'decoder noise + the decoder token loss (CFG 2)'),
+    'norepa': ('norepa', {}, 'decoder noise without REPA (CFG 2)'),
     't_uniform': ('t_uniform', {}, 'the default with uniform t'),
     't_std12': ('t_std12', {}, 'the default with logit-normal(0, 1.2)'),
     'c32': ('c32', {}, 'the default with C=32 latent channels'),

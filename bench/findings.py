@@ -99,23 +99,23 @@ if __name__ == '__main__':
     gpt, gpt_cmd = train_gpt(500)
     res = {'command': 'python bench/findings.py ' + ' '.join(sys.argv[1:])}
 
-    default = lever(DEFAULT, n, 500, gpt)
-    res['repa'] = {'REPA on (the default)': default, 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
+    default = lever(DEFAULT + '_cfg4', n, 500, gpt)  # the embedded default samples with CFG 4
+    res['repa'] = {'REPA on': lever(DEFAULT, n, 500, gpt), 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
     # the GPT steps that take the VAE's and DiT's minutes, from runs timed alone on the 2-core machine (the
     # runs here share the CPU, so their own timings are not comparable): bench/results/vae_tiny.json and
     # dit_tiny.json (3.72 + 5.11 min, whole scripts), and the GPT's median step of 501 ms (out/gpt_tiny)
     wall_iters = 50 * round((3.72 + 5.11) * 60 / 0.501 / 50)
     wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
-    res['ar'] = {'TextLDM (VAE + DiT 500 steps)': default,
+    res['ar'] = {'TextLDM (VAE 350 + DiT 500 steps, CFG 4)': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
                                                               train_command=gpt_cmd),
                  f'GPT, same wall-clock ({wall_iters} steps)': arm(wall),
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
-    res['t_schedule'] = {k: arm(lever, k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 't_std12', 't_uniform')}
+    res['t_schedule'] = {k: arm(lever, k, n, 500, gpt, shuffle=k == DEFAULT) for k in (DEFAULT, 't_std12', 't_uniform')}
     dit_dir, _ = train_dit(DEFAULT, 500)
     res['cfg'] = {f'cfg {c}': arm(evaluate, f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt, False)
                   for c in (1.0, 1.5, 2.0, 3.0, 4.0)}
-    res['channels'] = {k: arm(lever, k, n, 500, gpt, shuffle=False) for k in (DEFAULT, 'c32', 'c64')}
+    res['channels'] = {k: arm(lever, k, n, 500, gpt, shuffle=k == DEFAULT) for k in (DEFAULT, 'c32', 'c64')}
     res['curve'] = {'TextLDM': curve('dit', n, gpt), 'GPT': curve('gpt', n, gpt)}
 
     out = os.path.join(ROOT, 'bench/results')
@@ -123,14 +123,14 @@ if __name__ == '__main__':
         json.dump(res, f, indent=1)
     figure(res['curve']['TextLDM'], res['curve']['GPT'], os.path.join(out, 'findings.png'))
     md = os.path.join(out, 'findings.md')
-    recon = ' / '.join(f"{k} {v['vae_recon_acc']:.2f}%" for k, v in res['repa'].items())
+    recon = ' / '.join(f"{k} {100 * v['vae_recon_acc']:.2f}%" for k, v in res['repa'].items() if 'vae_recon_acc' in v)
     parts = [f"# The paper's findings at CPU scale\n\n{n} samples per benchmark, [95% bootstrap interval]; "
              f"generative perplexity under the same-budget GPT. Every command: findings.json. `{res['command']}`",
-             f"## 1. REPA on vs off\nHeld-out VAE reconstruction: {recon}.\n\n" + table(res['repa'], ('rougeL', 'genppl', 'ctx_unchanged')),
+             f"## 1. REPA on vs off (CFG 2)\nHeld-out VAE reconstruction: {recon}.\n\n" + table(res['repa'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 2. TextLDM vs the GPT baseline\n" + table(res['ar'], ('rougeL', 'genppl')),
-             "## 3. Time distribution\n" + table(res['t_schedule']),
+             "## 3. Time distribution (CFG 2)\n" + table(res['t_schedule']),
              "## 4. CFG scale\n" + table(res['cfg']),
-             "## 5. Latent channels\n" + table(res['channels']),
+             "## 5. Latent channels (CFG 2)\n" + table(res['channels']),
              "## 6. Training curve (findings.png)\n" + '\n\n'.join(
                  f'{name}\n\n' + table({f'step {s}': p for s, p in pts.items()}, ('rougeL', 'mauve'))
                  for name, pts in res['curve'].items())]
