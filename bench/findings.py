@@ -20,7 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dit_learns
-from dit_learns import DITS, OUT, ROOT, NotRun, evaluate, lever, run, train_dit, train_gpt, write_keeping_reading
+from dit_learns import (DITS, OUT, ROOT, NotRun, evaluate, lever, overrides, run, train_dit, train_gpt,
+                        write_keeping_reading)
 
 DEFAULT = 'dec_noise'  # the embedded default (config/vae_tiny.py + config/dit_tiny.py), a name in dit_learns.DITS
 CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
@@ -34,7 +35,7 @@ def curve(kind, num_samples, judge):
     for step in CURVE_STEPS:
         done = f'{work}_{step}'
         if kind == 'dit':
-            cmd = ['dit_train.py', 'config/dit_tiny.py', f'--vae_ckpt={OUT}/vae_{vae}/ckpt.pt'] + [f'--{k}={v}' for k, v in dit_over.items()]
+            cmd = ['dit_train.py', 'config/dit_tiny.py', f'--vae_ckpt={OUT}/vae_{vae}/ckpt.pt'] + overrides(dit_over)
         else:
             cmd = ['ar_train.py', 'config/gpt_tiny.py']
         cmd += [f'--out_dir={work}', f'--max_iters={step}', f'--lr_decay_iters={CURVE_STEPS[-1]}',
