@@ -14,6 +14,7 @@ Each run's folder is out/lev/<name>; a finished run is not trained again, so the
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -44,9 +45,11 @@ DITS = {
     'norepa': ('norepa', {}),
     't_uniform': ('dec_noise', {'t_schedule': 'uniform'}),
     't_std12': ('dec_noise', {'t_std': 1.2}),
+    'self_cond': ('dec_noise', {'self_cond': True}),
     'c32': ('c32', {}),
     'c64': ('c64', {}),
 }
+DEFAULT = 'dec_noise'  # the embedded default's DiT (config/vae_tiny.py + config/dit_tiny.py)
 # lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said (the default is 4)
 LEVERS = {
     'base': ('base', {}, "the paper's setup: REPA on the encoder output, C=16, logit-normal(0, 1.5)"),
@@ -59,6 +62,8 @@ LEVERS = {
     'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'decoder noise, sampled with CFG 3'),
     'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'THE DEFAULT: decoder noise, sampled with CFG 4'),
     'dec_noise_cfg6': ('dec_noise', {'cfg': 6.0}, 'decoder noise, sampled with CFG 6'),
+    'dec_noise_cfg8': ('dec_noise', {'cfg': 8.0}, 'decoder noise, sampled with CFG 8'),
+    'self_cond': ('self_cond', {'cfg': 4.0}, 'the default with self-conditioning (CFG 4)'),
     'dec_noise2': ('dec_noise2', {}, 'decoder noise of up to 2 latent stds'),
     'noise_ce': ('noise_ce', {}, 'decoder noise + the decoder token loss (CFG 2)'),
     'norepa': ('norepa', {}, 'decoder noise without REPA (CFG 2)'),
@@ -116,6 +121,31 @@ def train_dit(name, iters):
     return dit_dir, dict(vae_recon_acc=vae_sum['final_eval']['acc_mu'], vae_minutes=vae_sum['minutes'],
                          dit_minutes=dit_sum['minutes'], dit_val_loss=dit_sum['final_eval']['ema'],
                          vae_command=vae_cmd, dit_command=dit_cmd)
+
+def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve', name=None):
+    """One run of the default DiT (or the GPT) to steps[-1] with its schedule set for that many steps,
+    evaluated at each of `steps` (a resumed run reproduces the uninterrupted one) -> {step: results}.
+    With --cached_only, the points so far."""
+    vae, dit_over = DITS[DEFAULT]
+    work, points = f"{OUT}/{name or 'curve_' + kind}", {}
+    for step in steps:
+        done = f'{work}_{step}'
+        if kind == 'dit':
+            cmd = ['dit_train.py', 'config/dit_tiny.py', f'--vae_ckpt={OUT}/vae_{vae}/ckpt.pt'] + overrides(dit_over)
+        else:
+            cmd = ['ar_train.py', 'config/gpt_tiny.py']
+        cmd += [f'--out_dir={work}', f'--max_iters={step}', f'--lr_decay_iters={steps[-1]}',
+                f'--eval_interval={steps[0]}', f"--init_from={'resume' if step > steps[0] else 'scratch'}"]
+        model = ['--model=textldm' if kind == 'dit' else '--model=gpt', f'--out_dir={done}']
+        try:
+            command = run(cmd, f'{done}/summary.json', f'{done}.log')
+            if not os.path.exists(os.path.join(ROOT, done, 'summary.json')):
+                shutil.copytree(os.path.join(ROOT, work), os.path.join(ROOT, done))
+            points[step] = dict(evaluate(f'{os.path.basename(work)}_{step}', model, num_samples, judge, shuffle, metrics),
+                                train_command=command)
+        except NotRun:
+            break
+    return points
 
 def write_keeping_reading(path, text):
     """Write a results page, keeping the '## Reading' section a person wrote under the previous tables."""

@@ -15,41 +15,14 @@ findings.md (written by a person after looking at the numbers) is kept when the 
 """
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dit_learns
-from dit_learns import (DITS, OUT, ROOT, NotRun, evaluate, lever, overrides, run, train_dit, train_gpt,
-                        write_keeping_reading)
+from dit_learns import (DEFAULT, OUT, ROOT, NotRun, curve, evaluate, lever, train_dit, train_gpt, write_keeping_reading)
 
-DEFAULT = 'dec_noise'  # the embedded default (config/vae_tiny.py + config/dit_tiny.py), a name in dit_learns.DITS
 CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
 BENCHES = ('wikipedia', 'literary')
-
-def curve(kind, num_samples, judge):
-    """One run of the DiT (or GPT) to the last of CURVE_STEPS with its schedule set for that many steps,
-    evaluated at each step (a resumed run reproduces the uninterrupted one) -> {step: results}."""
-    vae, dit_over = DITS[DEFAULT]
-    work, points = f'{OUT}/curve_{kind}', {}
-    for step in CURVE_STEPS:
-        done = f'{work}_{step}'
-        if kind == 'dit':
-            cmd = ['dit_train.py', 'config/dit_tiny.py', f'--vae_ckpt={OUT}/vae_{vae}/ckpt.pt'] + overrides(dit_over)
-        else:
-            cmd = ['ar_train.py', 'config/gpt_tiny.py']
-        cmd += [f'--out_dir={work}', f'--max_iters={step}', f'--lr_decay_iters={CURVE_STEPS[-1]}',
-                f'--eval_interval={CURVE_STEPS[0]}', f"--init_from={'resume' if step > CURVE_STEPS[0] else 'scratch'}"]
-        model = ['--model=textldm' if kind == 'dit' else '--model=gpt', f'--out_dir={done}']
-        try:
-            command = run(cmd, f'{done}/summary.json', f'{done}.log')
-            if not os.path.exists(os.path.join(ROOT, done, 'summary.json')):
-                shutil.copytree(os.path.join(ROOT, work), os.path.join(ROOT, done))
-            points[step] = dict(evaluate(f'curve_{kind}_{step}', model, num_samples, judge, False, 'rouge,mauve'),
-                                train_command=command)
-        except NotRun:  # --cached_only: the curve so far
-            break
-    return points
 
 def arm(fn, *args, **kwargs):
     """fn's results, or with --cached_only=True a note of the command that has not run yet."""
@@ -112,12 +85,12 @@ if __name__ == '__main__':
                                                               train_command=gpt_cmd),
                  f'GPT, same wall-clock ({wall_iters} steps)': arm(wall),
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
-    res['t_schedule'] = {k: arm(lever, k, n, 500, gpt, shuffle=k == DEFAULT) for k in (DEFAULT, 't_std12', 't_uniform')}
+    res['t_schedule'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 't_std12', 't_uniform')}
     dit_dir, _ = train_dit(DEFAULT, 500)
     res['cfg'] = {f'cfg {c}': arm(evaluate, f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt, False)
                   for c in (1.0, 1.5, 2.0, 3.0, 4.0)}
-    res['channels'] = {k: arm(lever, k, n, 500, gpt, shuffle=k == DEFAULT) for k in (DEFAULT, 'c32', 'c64')}
-    res['curve'] = {'TextLDM': curve('dit', n, gpt), 'GPT': curve('gpt', n, gpt)}
+    res['channels'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 'c32', 'c64')}
+    res['curve'] = {'TextLDM': curve('dit', CURVE_STEPS, n, gpt), 'GPT': curve('gpt', CURVE_STEPS, n, gpt)}
 
     out = os.path.join(ROOT, 'bench/results')
     with open(os.path.join(out, 'findings.json'), 'w') as f:
@@ -129,9 +102,9 @@ if __name__ == '__main__':
              f"generative perplexity under the same-budget GPT. Every command: findings.json. `{res['command']}`",
              f"## 1. REPA on vs off (CFG 2)\nHeld-out VAE reconstruction: {recon}.\n\n" + table(res['repa'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 2. TextLDM vs the GPT baseline\n" + table(res['ar'], ('rougeL', 'genppl')),
-             "## 3. Time distribution (CFG 2)\n" + table(res['t_schedule']),
+             "## 3. Time distribution (CFG 2)\n" + table(res['t_schedule'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 4. CFG scale\n" + table(res['cfg']),
-             "## 5. Latent channels (CFG 2)\n" + table(res['channels']),
+             "## 5. Latent channels (CFG 2)\n" + table(res['channels'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 6. Training curve (findings.png)\n" + '\n\n'.join(
                  f'{name}\n\n' + table({f'step {s}': p for s, p in pts.items()}, ('rougeL', 'mauve'))
                  for name, pts in res['curve'].items())]
