@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sample import CFG
+
 MODELS = ('textldm', 'gpt', 'gpt2', 'gpt2-medium', 'gpt2-large', 'reference', 'unigram')
 HF_MODELS = {'gpt2': 'openai-community/gpt2', 'gpt2-medium': 'openai-community/gpt2-medium',
              'gpt2-large': 'openai-community/gpt2-large'}  # 137M, 355M, 774M
@@ -130,7 +132,7 @@ def hf_load(cls, name):
         raise SystemExit(f"error: cannot load '{name}' ({str(e).splitlines()[0][:120]}): "
                          f"go online once, or pass a local folder")
 
-def load_model(model, out_dir, device, data_dir, steps=50, cfg=4.0, vae_ckpt='', greedy=False, temperature=1.0,
+def load_model(model, out_dir, device, data_dir, steps=50, cfg=CFG, vae_ckpt='', greedy=False, temperature=1.0,
                top_k=0, top_p=1.0):
     """-> (generate or None for 'reference', encode, decode, the model's context in tokens).
     top_k=0 and top_p=1.0 switch those filters off."""
@@ -351,7 +353,7 @@ if __name__ == '__main__':
     bertscore_model = 'minilm'  # or 'roberta-large' (the usual one)
     bertscore_layers = 4  # the layer it reads; 0 = bert-score's default for a model it knows (roberta-large: 17)
     steps = 50  # textldm: Euler steps
-    cfg = 4.0  # textldm: guidance scale (bench/results/dit_learns.md: 4 used the context more, at no cost)
+    cfg = CFG  # textldm: guidance scale (sample.py's default)
     greedy = False  # gpt, gpt2*: sampling settings
     temperature = 1.0
     top_k = 0  # 0 = off

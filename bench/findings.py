@@ -87,8 +87,8 @@ if __name__ == '__main__':
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
     res['t_schedule'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 't_std12', 't_uniform')}
     dit_dir, _ = train_dit(DEFAULT, 500)
-    res['cfg'] = {f'cfg {c}': arm(evaluate, f'{DEFAULT}_cfg{c}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c}'], n, gpt, False)
-                  for c in (1.0, 1.5, 2.0, 3.0, 4.0)}
+    res['cfg'] = {f'cfg {c:g}': arm(evaluate, f'{DEFAULT}_cfg{c:g}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c:.1f}'], n, gpt)
+                  for c in (1, 1.5, 2, 3, 4, 6, 8)}
     res['channels'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 'c32', 'c64')}
     res['curve'] = {'TextLDM': curve('dit', CURVE_STEPS, n, gpt), 'GPT': curve('gpt', CURVE_STEPS, n, gpt)}
 
@@ -103,7 +103,7 @@ if __name__ == '__main__':
              f"## 1. REPA on vs off (CFG 2)\nHeld-out VAE reconstruction: {recon}.\n\n" + table(res['repa'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 2. TextLDM vs the GPT baseline\n" + table(res['ar'], ('rougeL', 'genppl')),
              "## 3. Time distribution (CFG 2)\n" + table(res['t_schedule'], ('rougeL', 'genppl', 'ctx_unchanged')),
-             "## 4. CFG scale\n" + table(res['cfg']),
+             "## 4. CFG scale\n" + table(res['cfg'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 5. Latent channels (CFG 2)\n" + table(res['channels'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 6. Training curve (findings.png)\n" + '\n\n'.join(
                  f'{name}\n\n' + table({f'step {s}': p for s, p in pts.items()}, ('rougeL', 'mauve'))
