@@ -50,7 +50,7 @@ DITS = {
     'c64': ('c64', {}),
 }
 DEFAULT = 'dec_noise'  # the embedded default's DiT (config/vae_tiny.py + config/dit_tiny.py)
-# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said (the default is 4)
+# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said (the default is 8)
 LEVERS = {
     'base': ('base', {}, "the paper's setup: REPA on the encoder output, C=16, logit-normal(0, 1.5)"),
     'repa_latent': ('repa_latent', {}, 'base, REPA on the latent mean instead of the encoder output'),
@@ -60,18 +60,21 @@ LEVERS = {
     'decoder_ce_cfg4': ('decoder_ce', {'cfg': 4.0}, 'the decoder token loss, sampled with CFG 4'),
     'dec_noise': ('dec_noise', {}, 'base + decoder noise of up to 1 latent std in VAE training'),
     'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'decoder noise, sampled with CFG 3'),
-    'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'THE DEFAULT: decoder noise, sampled with CFG 4'),
+    'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'decoder noise, sampled with CFG 4'),
     'dec_noise_cfg6': ('dec_noise', {'cfg': 6.0}, 'decoder noise, sampled with CFG 6'),
-    'dec_noise_cfg8': ('dec_noise', {'cfg': 8.0}, 'decoder noise, sampled with CFG 8'),
-    'self_cond': ('self_cond', {'cfg': 4.0}, 'the default with self-conditioning (CFG 4)'),
+    'dec_noise_cfg8': ('dec_noise', {'cfg': 8.0}, 'THE DEFAULT: decoder noise, sampled with CFG 8'),
+    'self_cond': ('self_cond', {'cfg': 4.0}, 'decoder noise, self-conditioning (CFG 4)'),
     'dec_noise2': ('dec_noise2', {}, 'decoder noise of up to 2 latent stds'),
     'noise_ce': ('noise_ce', {}, 'decoder noise + the decoder token loss (CFG 2)'),
     'norepa': ('norepa', {}, 'decoder noise without REPA (CFG 2)'),
-    't_uniform': ('t_uniform', {}, 'the default with uniform t'),
-    't_std12': ('t_std12', {}, 'the default with logit-normal(0, 1.2)'),
-    'c32': ('c32', {}, 'the default with C=32 latent channels'),
-    'c64': ('c64', {}, 'the default with C=64 latent channels'),
+    't_uniform': ('t_uniform', {}, 'decoder noise, uniform t (CFG 2)'),
+    't_std12': ('t_std12', {}, 'decoder noise, logit-normal(0, 1.2) (CFG 2)'),
+    'c32': ('c32', {}, 'decoder noise, C=32 latent channels (CFG 2)'),
+    'c64': ('c64', {}, 'decoder noise, C=64 latent channels (CFG 2)'),
 }
+
+LONGER = ('dec_noise_cfg4', 'dec_noise_cfg8')  # also run with twice the DiT steps
+LONG_STEPS, LONG_CFG = (500, 1000, 2000), 8.0  # one longer run of the default, evaluated at these steps
 
 CACHED_ONLY = False  # --cached_only=True: tabulate the finished runs, start none
 
@@ -122,10 +125,10 @@ def train_dit(name, iters):
                          dit_minutes=dit_sum['minutes'], dit_val_loss=dit_sum['final_eval']['ema'],
                          vae_command=vae_cmd, dit_command=dit_cmd)
 
-def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve', name=None):
+def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve', name=None, cfg=4.0):
     """One run of the default DiT (or the GPT) to steps[-1] with its schedule set for that many steps,
-    evaluated at each of `steps` (a resumed run reproduces the uninterrupted one) -> {step: results}.
-    With --cached_only, the points so far."""
+    evaluated at each of `steps` (a resumed run reproduces the uninterrupted one; the DiT sampled with
+    guidance `cfg`) -> {step: results}. With --cached_only, the points so far."""
     vae, dit_over = DITS[DEFAULT]
     work, points = f"{OUT}/{name or 'curve_' + kind}", {}
     for step in steps:
@@ -136,12 +139,13 @@ def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve',
             cmd = ['ar_train.py', 'config/gpt_tiny.py']
         cmd += [f'--out_dir={work}', f'--max_iters={step}', f'--lr_decay_iters={steps[-1]}',
                 f'--eval_interval={steps[0]}', f"--init_from={'resume' if step > steps[0] else 'scratch'}"]
-        model = ['--model=textldm' if kind == 'dit' else '--model=gpt', f'--out_dir={done}']
+        model = ['--model=textldm', f'--cfg={cfg:.1f}'] if kind == 'dit' else ['--model=gpt']
         try:
             command = run(cmd, f'{done}/summary.json', f'{done}.log')
             if not os.path.exists(os.path.join(ROOT, done, 'summary.json')):
                 shutil.copytree(os.path.join(ROOT, work), os.path.join(ROOT, done))
-            points[step] = dict(evaluate(f'{os.path.basename(work)}_{step}', model, num_samples, judge, shuffle, metrics),
+            label = os.path.basename(work) + (f'_cfg{cfg:g}' if kind == 'dit' else '') + f'_{step}'
+            points[step] = dict(evaluate(label, model + [f'--out_dir={done}'], num_samples, judge, shuffle, metrics),
                                 train_command=command)
         except NotRun:
             break
@@ -181,9 +185,16 @@ if __name__ == '__main__':
             rows[name] = lever(name, num_samples, dit_iters, gpt)
         except NotRun as e:
             print(f'not run yet, left out: {name} ({e})')
+    for name in LONGER:  # the same levers with twice the DiT steps (and a schedule for them)
+        try:
+            rows[f'{name}, {2 * dit_iters} steps'] = lever(name, num_samples, 2 * dit_iters, gpt)
+        except NotRun as e:
+            print(f'not run yet, left out: {name} at {2 * dit_iters} steps ({e})')
+    # what more compute buys: one longer run of the default, evaluated on the way
+    long = curve('dit', LONG_STEPS, num_samples, gpt, True, 'rouge,genppl', 'long_dit', LONG_CFG)
 
     with open(os.path.join(ROOT, 'bench/results/dit_learns.json'), 'w') as f:
-        json.dump(dict(command='python bench/dit_learns.py ' + ' '.join(sys.argv[1:]), rows=rows), f, indent=1)
+        json.dump(dict(command='python bench/dit_learns.py ' + ' '.join(sys.argv[1:]), rows=rows, long_run=long), f, indent=1)
     floor = rows['unigram floor']
     fmt = lambda r, b, k: f"{r[b][k]:.1f} [{r[b][k + '_ci'][0]:.1f}, {r[b][k + '_ci'][1]:.1f}]"
     lines = ['| run | what | ' + ' | '.join(f'{b} ROUGE-L | {b} gen. PPL | {b} ctx-shuffle unchanged %'
@@ -196,6 +207,17 @@ if __name__ == '__main__':
         cells = [f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {ctx(b)}"
                  for b in ('wikipedia', 'literary')]
         lines.append(f"| {name} | {r['what']} | " + ' | '.join(cells) + f" | {'yes' if beats else 'no'} |")
+    # minutes on the 2-core machine alone: the VAE's whole run and the DiT's median step, both timed by
+    # bench/train_tiny.py (the runs here share the CPU, so their own clocks are not comparable)
+    timing = {k: json.load(open(os.path.join(ROOT, f'bench/results/{k}_tiny.json'))) for k in ('vae', 'dit')}
+    minutes = lambda steps: timing['vae']['minutes'] + steps * timing['dit']['median_step_ms'] / 60e3
+    lines += ['', f'What more compute buys: one run of the default DiT with its schedule set for {LONG_STEPS[-1]} steps, '
+              f'evaluated on the way (CFG {LONG_CFG:g}; minutes: VAE + DiT on the 2-core CPU, timed alone)', '',
+              '| DiT steps | minutes | ' + ' | '.join(f'{b} ROUGE-L | {b} gen. PPL | {b} ctx-shuffle unchanged %'
+                                                    for b in ('wikipedia', 'literary')) + ' |', '|---' * 8 + '|']
+    for steps, r in long.items():
+        lines.append(f'| {steps} | {minutes(steps):.1f} | ' + ' | '.join(
+            f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {r[b]['ctx_unchanged']:.0f}" for b in ('wikipedia', 'literary')) + ' |')
     write_keeping_reading(os.path.join(ROOT, 'bench/results/dit_learns.md'), '\n'.join(lines) +
                           f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]. Commands: dit_learns.json.\n")
     print('\n'.join(lines))

@@ -20,6 +20,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dit_learns
 from dit_learns import (DEFAULT, OUT, ROOT, NotRun, curve, evaluate, lever, train_dit, train_gpt, write_keeping_reading)
+sys.path.insert(0, ROOT)
+from sample import CFG
 
 CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
 BENCHES = ('wikipedia', 'literary')
@@ -73,14 +75,14 @@ if __name__ == '__main__':
     gpt, gpt_cmd = train_gpt(500)
     res = {'command': 'python bench/findings.py ' + ' '.join(sys.argv[1:])}
 
-    default = lever(DEFAULT + '_cfg4', n, 500, gpt)  # the embedded default samples with CFG 4
+    default = lever(f'{DEFAULT}_cfg{CFG:g}', n, 500, gpt)  # the embedded default samples with sample.CFG
     res['repa'] = {'REPA on': lever(DEFAULT, n, 500, gpt), 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
     # the GPT steps that take the VAE's and DiT's minutes, from runs timed alone on the 2-core machine (the
     # runs here share the CPU, so their own timings are not comparable): bench/results/vae_tiny.json and
     # dit_tiny.json (3.72 + 5.11 min, whole scripts), and the GPT's median step of 501 ms (out/gpt_tiny)
     wall_iters = 50 * round((3.72 + 5.11) * 60 / 0.501 / 50)
     wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
-    res['ar'] = {'TextLDM (VAE 350 + DiT 500 steps, CFG 4)': default,
+    res['ar'] = {f'TextLDM (VAE 350 + DiT 500 steps, CFG {CFG:g})': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
                                                               train_command=gpt_cmd),
                  f'GPT, same wall-clock ({wall_iters} steps)': arm(wall),
@@ -90,7 +92,7 @@ if __name__ == '__main__':
     res['cfg'] = {f'cfg {c:g}': arm(evaluate, f'{DEFAULT}_cfg{c:g}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c:.1f}'], n, gpt)
                   for c in (1, 1.5, 2, 3, 4, 6, 8)}
     res['channels'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 'c32', 'c64')}
-    res['curve'] = {'TextLDM': curve('dit', CURVE_STEPS, n, gpt), 'GPT': curve('gpt', CURVE_STEPS, n, gpt)}
+    res['curve'] = {'TextLDM': curve('dit', CURVE_STEPS, n, gpt, cfg=CFG), 'GPT': curve('gpt', CURVE_STEPS, n, gpt)}
 
     out = os.path.join(ROOT, 'bench/results')
     with open(os.path.join(out, 'findings.json'), 'w') as f:
