@@ -87,11 +87,12 @@ if __name__ == '__main__':
                                                               train_command=gpt_cmd),
                  f'GPT, same wall-clock ({wall_iters} steps)': arm(wall),
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
-    res['t_schedule'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 't_std12', 't_uniform')}
+    res['t_schedule'] = {label: arm(lever, k, n, 500, gpt) for label, k in
+                        (('logit-normal 1.5 (default)', DEFAULT), ('logit-normal 1.2', 't_std12'), ('uniform', 't_uniform'))}
     dit_dir, _ = train_dit(DEFAULT, 500)
     res['cfg'] = {f'cfg {c:g}': arm(evaluate, f'{DEFAULT}_cfg{c:g}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c:.1f}'], n, gpt)
                   for c in (1, 1.5, 2, 3, 4, 6, 8)}
-    res['channels'] = {k: arm(lever, k, n, 500, gpt) for k in (DEFAULT, 'c32', 'c64')}
+    res['channels'] = {label: arm(lever, k, n, 500, gpt) for label, k in (('C=16 (default)', DEFAULT), ('C=32', 'c32'), ('C=64', 'c64'))}
     # the curve was measured when CFG 4 was the default (ROUGE-L at 4 and 8 are within noise, dit_learns.md)
     res['curve'] = {'TextLDM': curve('dit', CURVE_STEPS, n, gpt, cfg=4.0), 'GPT': curve('gpt', CURVE_STEPS, n, gpt)}
 
@@ -107,7 +108,8 @@ if __name__ == '__main__':
              "## 2. TextLDM vs the GPT baseline\n" + table(res['ar'], ('rougeL', 'genppl')),
              "## 3. Time distribution (CFG 2)\n" + table(res['t_schedule'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 4. CFG scale\n" + table(res['cfg'], ('rougeL', 'genppl', 'ctx_unchanged')),
-             "## 5. Latent channels (CFG 2)\n" + table(res['channels'], ('rougeL', 'genppl', 'ctx_unchanged')),
+             "## 5. Latent channels (CFG 2)\nHeld-out VAE reconstruction: " + ' / '.join(
+                 f"{k} {100 * v['vae_recon_acc']:.2f}%" for k, v in res['channels'].items() if 'vae_recon_acc' in v) + ".\n\n" + table(res['channels'], ('rougeL', 'genppl', 'ctx_unchanged')),
              "## 6. Training curve (findings.png; TextLDM sampled with CFG 4)\n" + '\n\n'.join(
                  f'{name}\n\n' + table({f'step {s}': p for s, p in pts.items()}, ('rougeL', 'mauve'))
                  for name, pts in res['curve'].items())]
