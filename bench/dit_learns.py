@@ -187,7 +187,8 @@ if __name__ == '__main__':
             print(f'not run yet, left out: {name} ({e})')
     for name in LONGER:  # the same levers with twice the DiT steps (and a schedule for them)
         try:
-            rows[f'{name}, {2 * dit_iters} steps'] = lever(name, num_samples, 2 * dit_iters, gpt)
+            rows[f'{name}, {2 * dit_iters} steps'] = dict(lever(name, num_samples, 2 * dit_iters, gpt),
+                                                           what=f'{name} with the DiT trained {2 * dit_iters} steps')
         except NotRun as e:
             print(f'not run yet, left out: {name} at {2 * dit_iters} steps ({e})')
     # what more compute buys: one longer run of the default, evaluated on the way
