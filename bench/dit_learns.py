@@ -151,6 +151,12 @@ def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve',
             break
     return points
 
+def timed_alone(stage):
+    """The default `stage` ('vae' or 'dit') timed alone on the 2-core machine by bench/train_tiny.py (the runs
+    here share the CPU, so their own clocks are not comparable): its bench/results/<stage>_tiny.json."""
+    with open(os.path.join(ROOT, f'bench/results/{stage}_tiny.json')) as f:
+        return json.load(f)
+
 def write_keeping_reading(path, text):
     """Write a results page, keeping the '## Reading' section a person wrote under the previous tables."""
     old = open(path).read().split('## Reading', 1) if os.path.exists(path) else []
@@ -208,10 +214,7 @@ if __name__ == '__main__':
         cells = [f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {ctx(b)}"
                  for b in ('wikipedia', 'literary')]
         lines.append(f"| {name} | {r['what']} | " + ' | '.join(cells) + f" | {'yes' if beats else 'no'} |")
-    # minutes on the 2-core machine alone: the VAE's whole run and the DiT's median step, both timed by
-    # bench/train_tiny.py (the runs here share the CPU, so their own clocks are not comparable)
-    timing = {k: json.load(open(os.path.join(ROOT, f'bench/results/{k}_tiny.json'))) for k in ('vae', 'dit')}
-    minutes = lambda steps: timing['vae']['minutes'] + steps * timing['dit']['median_step_ms'] / 60e3
+    minutes = lambda steps: timed_alone('vae')['minutes'] + steps * timed_alone('dit')['median_step_ms'] / 60e3
     lines += ['', f'What more compute buys: one run of the default DiT with its schedule set for {LONG_STEPS[-1]} steps, '
               f'evaluated on the way (CFG {LONG_CFG:g}; minutes: VAE + DiT on the 2-core CPU, timed alone)', '',
               '| DiT steps | minutes | ' + ' | '.join(f'{b} ROUGE-L | {b} gen. PPL | {b} ctx-shuffle unchanged %'

@@ -19,7 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dit_learns
-from dit_learns import (DEFAULT, OUT, ROOT, NotRun, curve, evaluate, lever, train_dit, train_gpt, write_keeping_reading)
+from dit_learns import (DEFAULT, OUT, ROOT, NotRun, curve, evaluate, lever, timed_alone, train_dit, train_gpt,
+                        write_keeping_reading)
 sys.path.insert(0, ROOT)
 from sample import CFG
 
@@ -77,10 +78,9 @@ if __name__ == '__main__':
 
     default = lever(f'{DEFAULT}_cfg{CFG:g}', n, 500, gpt)  # the embedded default samples with sample.CFG
     res['repa'] = {'REPA on': lever(DEFAULT, n, 500, gpt), 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
-    # the GPT steps that take the VAE's and DiT's minutes, from runs timed alone on the 2-core machine (the
-    # runs here share the CPU, so their own timings are not comparable): bench/results/vae_tiny.json and
-    # dit_tiny.json (3.72 + 5.11 min, whole scripts), and the GPT's median step of 501 ms (out/gpt_tiny)
-    wall_iters = 50 * round((3.72 + 5.11) * 60 / 0.501 / 50)
+    # the GPT steps that take the VAE's and DiT's minutes (whole scripts), all timed alone on the 2-core
+    # machine: the GPT's median step was 501 ms (python bench/train_tiny.py gpt)
+    wall_iters = 50 * round((timed_alone('vae')['minutes'] + timed_alone('dit')['minutes']) * 60 / 0.501 / 50)
     wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
     res['ar'] = {f'TextLDM (VAE 350 + DiT 500 steps, CFG {CFG:g})': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
