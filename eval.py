@@ -2,7 +2,8 @@
 Text continuation, the paper's protocol (METHOD.md section 4): N documents per benchmark, each cut to
 block_size tokens of the model's tokenizer and split at a token boundary drawn uniformly in [40%, 60%] of
 its length; the model continues the prefix by as many tokens as the true rest has, and ROUGE-1/2/L,
-BERTScore and MAUVE compare its continuations with the true ones.
+BERTScore and MAUVE compare its continuations with the true ones (and a prompt-specific ROUGE-L with
+another sample's, see rouge).
 
     python eval.py --model=textldm --out_dir=out/dit_tiny --num_samples=200 --shuffle_test=True
     python eval.py --model=unigram --block_size=128    # the floor: random tokens at training-corpus frequency
@@ -38,10 +39,10 @@ HF_BENCHMARKS = {  # load_dataset arguments; each has a 'text' column
     'wikipedia_hf': dict(path='wikimedia/wikipedia', name='20231101.en', split='train'),
     'wikisource': dict(path='wikimedia/wikisource', name='20231201.en', split='train'),
 }
-METRICS = {'rouge': ('rouge1', 'rouge2', 'rougeL'), 'bertscore': ('bertscore',), 'mauve': ('mauve',),
+METRICS = {'rouge': ('rouge1', 'rouge2', 'rougeL', 'rougeL_specific'), 'bertscore': ('bertscore',), 'mauve': ('mauve',),
            'genppl': ('genppl',)}
-COLUMNS = {'rouge1': 'ROUGE-1', 'rouge2': 'ROUGE-2', 'rougeL': 'ROUGE-L', 'bertscore': 'BERTScore', 'mauve': 'MAUVE',
-           'genppl': 'gen. PPL', 'ctx_unchanged': 'ctx-shuffle unchanged'}
+COLUMNS = {'rouge1': 'ROUGE-1', 'rouge2': 'ROUGE-2', 'rougeL': 'ROUGE-L', 'rougeL_specific': 'ROUGE-L prompt-specific',
+           'bertscore': 'BERTScore', 'mauve': 'MAUVE', 'genppl': 'gen. PPL', 'ctx_unchanged': 'ctx-shuffle unchanged'}
 
 def parse_list(value, valid, what):
     names = [v.strip() for v in value.split(',') if v.strip()]
@@ -218,6 +219,15 @@ def bootstrap_ci(stat, n, seed=0, draws=1000):
     values = [stat(rng.integers(0, n, n)) for _ in range(draws)]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
+def other_sample(refs):
+    """For each sample, another one of about the same target length (its neighbour in order of ROUGE tokens)."""
+    from rouge_score import tokenizers
+    tok = tokenizers.DefaultTokenizer()
+    order = np.argsort([len(tok.tokenize(r)) for r in refs], kind='stable')
+    other = np.empty(len(refs), dtype=np.int64)
+    other[order[:-1]], other[order[-1]] = order[1:], order[-2]  # the longest takes the one before it
+    return other
+
 def rouge(outs, refs, prompts=None):
     from rouge_score import rouge_scorer
     scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'])
@@ -225,6 +235,16 @@ def rouge(outs, refs, prompts=None):
     res = {k: 100 * float(np.mean([s[k].fmeasure for s in scores])) for k in ('rouge1', 'rouge2', 'rougeL')}
     rl = 100 * np.array([s['rougeL'].fmeasure for s in scores])
     res['rougeL_ci'] = bootstrap_ci(lambda i: rl[i].mean(), len(rl))
+    if len(refs) > 1:
+        # prompt-specific ROUGE-L: against the sample's own target minus against another sample's. What any text
+        # of the domain shares with any target (the, of, and, ...) cancels, so a model that ignores its prompt
+        # scores ~0. The other target is one of about the same length: every model is told its target's length,
+        # and ROUGE-L's F-measure favours equal lengths, which would credit even a prompt-blind model.
+        rl_l = rouge_scorer.RougeScorer(['rougeL'])
+        rl_other = 100 * np.array([rl_l.score(refs[j], o)['rougeL'].fmeasure for o, j in zip(outs, other_sample(refs))])
+        d = rl - rl_other
+        res['rougeL_specific'] = float(d.mean())
+        res['rougeL_specific_ci'] = bootstrap_ci(lambda i: d[i].mean(), len(d))
     return res
 
 @torch.no_grad()

@@ -48,6 +48,38 @@ def test_rouge_of_a_text_with_itself_and_with_another():
     assert same['rouge1'] == same['rouge2'] == same['rougeL'] == 100.0 and same['rougeL_ci'] == [100.0, 100.0]
     assert max(unrelated[k] for k in ('rouge1', 'rouge2', 'rougeL')) < 15
 
+def test_prompt_specific_rouge_credits_the_true_continuation_not_a_prompt_blind_one_of_the_right_length():
+    """Targets of 3 to 80 words from one small vocabulary: a prompt-blind model that writes random words of
+    that vocabulary, as many as its target has, shares plenty with every target (ROUGE-L ~35) but nothing
+    specific to its own. Against the next sample's target instead of one of the same length, it would score
+    ~5 with an interval above 0, from the length alone."""
+    words = 'the of river castle king queen music film war city stood near old'.split()
+    rng = np.random.default_rng(0)
+    lens = rng.integers(3, 80, 60)
+    refs = [' '.join(rng.choice(words, k)) for k in lens]
+    blind = ev.rouge([' '.join(rng.choice(words, k)) for k in lens], refs)
+    true = ev.rouge(refs, refs)
+    assert true['rougeL_specific_ci'][0] > 50 and true['rougeL_specific_ci'][0] <= true['rougeL_specific'] <= true['rougeL_specific_ci'][1]
+    assert blind['rougeL'] > 25 and abs(blind['rougeL_specific']) < 2
+    lo, hi = blind['rougeL_specific_ci']
+    assert lo < 1 and hi > -1  # the interval reaches 0 (by-one pairing: [2.2, 7.5])
+
+def test_prompt_specific_rouge_of_the_floor_and_the_ceiling(tiny_data, tmp_path):
+    """The unigram model (random tokens at corpus frequency) and the true continuation on 150 samples of
+    the tiny corpus's kind of text: the first ~0, the second far above."""
+    words = 'the of river castle king queen music film war city 1984 ünïcödé 🙂'.split()
+    rng = np.random.default_rng(1)
+    texts = [' '.join(rng.choice(words, size=rng.integers(5, 60))) + '.' for _ in range(150)]
+    (tmp_path / 'lm1b.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
+    gen, encode, decode, _ = ev.load_model('unigram', '', 'cpu', tiny_data)
+    rng = np.random.default_rng(0)
+    samples = ev.make_samples(ev.documents('lm1b', rng, tiny_data, str(tmp_path)), encode, decode, 32, 150, 8, rng)
+    prompts, targets, lengths, _ = map(list, zip(*samples))
+    floor, ceiling = ev.rouge(gen(prompts, lengths, 0), targets), ev.rouge(targets, targets)
+    lo, hi = floor['rougeL_specific_ci']
+    assert len(targets) == 150 and floor['rougeL'] > 5 and lo < 1 and hi > -1 and hi - lo < 10
+    assert ceiling['rougeL_specific_ci'][0] > 50
+
 def test_generative_perplexity_is_low_for_what_the_judge_learned_and_high_for_noise():
     """A byte-level GPT that learned one sentence finds its true continuation likely, shuffled bytes not."""
     from model import GPT, GPTConfig
@@ -124,10 +156,15 @@ def test_same_seed_gives_the_same_numbers(tiny_data, hf_dir, tmp_path):
     r = json.load(open(ref))
     assert r['results']['wikipedia']['rougeL'] == pytest.approx(100) and r['results']['wikipedia']['bertscore'] == pytest.approx(100, abs=1e-3)
     assert r['results']['wikipedia']['rouge1'] > a['wikipedia']['rouge1']
+    # prompt-specific ROUGE-L: the true continuation clearly above 0, random tokens at corpus frequency ~0
+    assert r['results']['wikipedia']['rougeL_specific_ci'][0] > 20, r['results']['wikipedia']
+    assert all(a[b]['rougeL_specific_ci'][1] < r['results']['wikipedia']['rougeL_specific_ci'][0] for b in a)
     assert r['command'].startswith('python eval.py --model=unigram') and r['config']['model'] == 'reference'
     table = open(f'{tmp_path}/a/table.md').read().splitlines()
-    assert len(table) == 2 + 2 + 2 and table[0].startswith('| model | window | wikipedia ROUGE-1 | wikipedia ROUGE-2 |')
-    assert table[2].startswith('| reference | 32 | 100.0 | 100.0 | 100.0 | 100.0 |  |') and table[3].startswith('| unigram | 32 | ')
+    assert len(table) == 2 + 2 + 2 and table[0].startswith(
+        '| model | window | wikipedia ROUGE-1 | wikipedia ROUGE-2 | wikipedia ROUGE-L | wikipedia ROUGE-L prompt-specific |')
+    spec = f"{r['results']['wikipedia']['rougeL_specific']:.1f}"
+    assert table[2].startswith(f'| reference | 32 | 100.0 | 100.0 | 100.0 | {spec} | 100.0 |  |') and table[3].startswith('| unigram | 32 | ')
 
 def test_pretrained_gpt2_path_with_a_tiny_local_gpt2(tiny_data, hf_dir, tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
