@@ -78,6 +78,8 @@ if init_from == 'resume':
     if ckpt['tokenizer_sha256'] != tokenizer_sha256(meta):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with another tokenizer than the one in {data_dir}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
+    if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
+        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
 model, raw_model, optimizer = prepare_model(GPT(GPTConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
 ckpt = None  # free memory
 

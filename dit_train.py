@@ -102,6 +102,8 @@ if init_from == 'resume':
     if ckpt['vae_fingerprint'] != fingerprint(vae.state_dict()):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained on another VAE than {vae_ckpt}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
+    if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
+        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
 model, raw_model, optimizer = prepare_model(TextDiT(DiTConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
 ema = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay > 0 else None
 if ema is not None and ckpt and ckpt['ema'] is not None:

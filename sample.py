@@ -95,8 +95,7 @@ if __name__ == '__main__':
     seed = 0
     device = 'cpu'
     exec(open('configurator.py').read())
-    if steps <= 0 or not 0 <= cfg < float('inf') or num_samples <= 0:
-        raise SystemExit(f"error: need steps > 0, a finite cfg >= 0 and num_samples > 0 (got steps={steps}, cfg={cfg}, num_samples={num_samples})")
+    # the configurator has checked every number's range (its _RANGES) and the device
     bad = next((i for i, c in enumerate(prompt) if 0xD800 <= ord(c) < 0xE000), None)  # undecodable bytes arrive as lone surrogates
     if bad is not None:
         raise SystemExit(f"error: --prompt is not UTF-8 text (character {bad} is {prompt[bad]!r}, an undecodable byte "

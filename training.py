@@ -3,6 +3,7 @@ What the three training scripts (vae_train.py, dit_train.py, ar_train.py) share:
 setup, precision, optimizer, learning-rate schedule and checkpoint files. Each script keeps its own
 loop, nanoGPT style; these are the parts that would otherwise be written three times.
 """
+import glob
 import hashlib
 import json
 import math
@@ -113,11 +114,24 @@ def plain_config(namespace):
     return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 
 def save_checkpoint(obj, path):
-    # write to a temp file in the same folder, then rename: a crash mid-save keeps the last good file
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    """Write to a temp file in the same folder, fsync it, then rename: a crash mid-save keeps the last good file,
+    and a power cut after the rename cannot leave an empty one (the rename may reach the disk before the data).
+    Only one process saves to a path (rank 0), so temp files of earlier saves are leftovers of killed ones."""
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    for old in glob.glob(glob.escape(path) + '.tmp.*'):
+        os.remove(old)
     tmp = f'{path}.tmp.{os.getpid()}'
-    torch.save(obj, tmp)
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(folder, os.O_RDONLY)  # the folder too, so that the rename itself is on disk
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 def load_checkpoint(path, kind, map_location='cpu'):
     """Load a checkpoint written by save_checkpoint, refusing one of another kind ('vae', 'dit', 'gpt')."""

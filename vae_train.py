@@ -101,6 +101,8 @@ if init_from == 'resume':
                          f"(0: REPA off), but teacher '{repa_teacher}' has {teacher.width}: resume with its teacher, or repa_weight=0")
     model_args = ckpt['model_args']
     iter_num = ckpt['iter_num']
+    if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
+        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
 model, raw_model, optimizer = prepare_model(TextVAE(VAEConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
 ckpt = None  # free memory
 

@@ -5,7 +5,9 @@ import ast
 import glob
 import hashlib
 import importlib.util
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -13,12 +15,15 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT, one_line_error, run_script
+from test_configurator import README_SAMPLE, readme_commands
 from test_train import TINY_DIT, TINY_VAE, ok
+from training import save_checkpoint
 
 def digest(path):
     with open(path, 'rb') as f:
@@ -38,7 +43,7 @@ SAVER = textwrap.dedent('''
         save_checkpoint(dict(kind='vae', version=version, big=big), path)
 ''')
 
-def test_kill_9_during_a_save_keeps_the_last_good_checkpoint(tmp_path):
+def test_kill_9_during_a_save_keeps_the_last_good_checkpoint_and_the_next_save_cleans_up(tmp_path):
     from training import load_checkpoint
     path = str(tmp_path / 'ckpt.pt')
     proc = subprocess.Popen([sys.executable, '-c', SAVER, path], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -55,12 +60,20 @@ def test_kill_9_during_a_save_keeps_the_last_good_checkpoint(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    partial = glob.glob(path + '.tmp.*')
-    assert partial  # killed in the middle of a save
-    for f in partial:
-        os.remove(f)
+    assert glob.glob(path + '.tmp.*')  # killed in the middle of a save
     ckpt = load_checkpoint(path, 'vae')  # never a partial file
     assert (ckpt['version'], ckpt['big'].numel()) == (0, 4) or (ckpt['version'] >= 1 and ckpt['big'].numel() == 50_000_000)
+    save_checkpoint(dict(kind='vae', version=-1), path)  # the next save removes what the killed one left
+    assert os.listdir(tmp_path) == ['ckpt.pt'] and load_checkpoint(path, 'vae')['version'] == -1
+
+def test_a_save_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    path = str(tmp_path / 'ckpt.pt')
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, 'fsync', lambda fd: events.append(('fsync', os.path.realpath(f'/proc/self/fd/{fd}'))) or fsync(fd))
+    monkeypatch.setattr(os, 'replace', lambda a, b: events.append(('replace', a)) or replace(a, b))
+    save_checkpoint(dict(kind='vae'), path)
+    tmp = f'{path}.tmp.{os.getpid()}'
+    assert events == [('fsync', os.path.realpath(tmp)), ('replace', tmp), ('fsync', os.path.realpath(tmp_path))]
 
 # -----------------------------------------------------------------------------
 # a loss that becomes NaN: a huge learning rate turns the weights to garbage in one step
@@ -108,12 +121,13 @@ def test_the_tokenizer_round_trips_any_text(tokenizer, text):
 
 @pytest.fixture(scope='module')
 def trained(tiny_data, tmp_path_factory):
-    """A VAE (REPA off) and a DiT on it, 2 steps each: (VAE folder, DiT folder)."""
+    """A VAE (REPA off) and a DiT on it, 2 steps each, 64-token windows (the README's 48 new tokens fit):
+    (VAE folder, DiT folder)."""
     vae, dit = tmp_path_factory.mktemp('vae'), tmp_path_factory.mktemp('dit')
     ok(run_script('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={vae}', '--max_iters=2', '--eval_interval=2',
-                  '--repa_weight=0', *TINY_VAE))
+                  '--repa_weight=0', *TINY_VAE, '--block_size=64'))
     ok(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae}/ckpt.pt', f'--out_dir={dit}',
-                  '--max_iters=2', '--eval_interval=2', *TINY_DIT))
+                  '--max_iters=2', '--eval_interval=2', *TINY_DIT, '--block_size=64'))
     return str(vae), str(dit)
 
 @pytest.fixture(scope='module')
@@ -226,3 +240,55 @@ def test_a_bad_config_file_is_one_line(tmp_path, source, message):
     cfg = tmp_path / 'cfg.py'
     cfg.write_text(source)
     one_line_error(run_script('prepare_data.py', str(cfg)), message.format(cfg=cfg))  # configurator.py, without torch
+
+# -----------------------------------------------------------------------------
+# the README's sample lines as written (--key value), and bad numbers, devices and token ids through the real scripts:
+# one line, within seconds (a run that never ends hits the timeout), and nothing on disk
+
+@pytest.mark.parametrize('line', [README_SAMPLE, 'python sample.py'])
+def test_the_readme_sample_lines_run_as_written(trained, line):
+    assert line in [c[0] for c in readme_commands()]
+    out = ok(run_script(*shlex.split(line)[1:], '--out_dir', trained[1]))  # the tiny DiT instead of out/dit_tiny
+    if line == README_SAMPLE:
+        assert "prompt: 'The river'" in out and out.count('The river >>> ') == 3
+    else:
+        assert 'unconditional' in out and out.count('--- sample') == 1
+
+TRAINERS = ['vae_train.py', 'dit_train.py', 'ar_train.py']
+
+@pytest.mark.parametrize('script, args, message', [
+    pytest.param('sample.py', ['--device=cuda'], "device is 'cuda' but no GPU is visible: pass --device=cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU is visible')),
+    *[(s, ['--device=foo'], "device 'foo' is not one of cpu, cuda, cuda:N") for s in ['sample.py', *TRAINERS]],
+    *[(s, ['--batch_size=0'], 'batch_size must be at least 1, got 0') for s in TRAINERS],
+    *[(s, ['--max_iters=-5'], 'max_iters must be at least 0, got -5') for s in ['dit_train.py', 'ar_train.py']],
+])
+def test_a_bad_number_or_device_is_one_line_and_creates_nothing(tiny_data, tmp_path, script, args, message):
+    data = [] if script == 'sample.py' else [f'--data_dir={tiny_data}']
+    one_line_error(run_script(script, *data, f'--out_dir={tmp_path}/out', *args, timeout=60), message)
+    assert not os.path.exists(tmp_path / 'out')
+
+def test_an_out_of_range_token_id_far_from_both_ends_is_one_line_and_creates_nothing(tiny_data, tmp_path):
+    data = shutil.copytree(tiny_data, tmp_path / 'data')
+    meta = json.loads((data / 'meta.json').read_text())
+    n = 3 << 20  # a document of 3M tokens, its bad id more than a million tokens from either end of train.bin
+    long = np.ones(n, dtype=meta['dtype'])
+    long[n // 2] = meta['vocab_size']
+    with open(data / 'train.bin', 'ab') as f:
+        f.write(long.tobytes())
+    docs = np.load(data / 'train_docs.npy')
+    np.save(data / 'train_docs.npy', np.append(docs, docs[-1] + n))
+    meta['splits']['train'] = dict(tokens=meta['splits']['train']['tokens'] + n, docs=meta['splits']['train']['docs'] + 1)
+    (data / 'meta.json').write_text(json.dumps(meta))
+    one_line_error(run_script('vae_train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/out', '--repa_weight=0',
+                              *TINY_VAE, timeout=60),
+                   f"train.bin has token id {meta['vocab_size']} at position {docs[-1] + n // 2}, but vocab_size is")
+    assert not os.path.exists(tmp_path / 'out')
+
+def test_resuming_past_max_iters_is_one_line(trained, tiny_data):
+    before = digest(f'{trained[1]}/ckpt.pt')  # trained for 2 steps
+    one_line_error(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={trained[0]}/ckpt.pt',
+                              f'--out_dir={trained[1]}', '--init_from=resume', '--max_iters=1', *TINY_DIT, '--block_size=64',
+                              timeout=60),
+                   f'{trained[1]}/ckpt.pt is at step 2, past max_iters=1: raise max_iters to train on')
+    assert digest(f'{trained[1]}/ckpt.pt') == before

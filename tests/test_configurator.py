@@ -1,0 +1,145 @@
+"""The command line, in-process: `--key value` as well as `--key=value`, the ranges of every number, the device,
+and every command line of README.md parsed as written by the real configurator of its script."""
+import glob
+import os
+import re
+import shlex
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+SCRIPTS = ['vae_train.py', 'dit_train.py', 'ar_train.py', 'sample.py', 'eval.py', 'prepare_data.py']
+
+class Parsed(Exception):
+    pass
+
+def config_of(script, args, monkeypatch):
+    """The globals a script has right after its configurator ran on args: its own code up to and including the
+    exec of configurator.py, in this process, and nothing after it. A user mistake raises SystemExit."""
+    path = os.path.join(ROOT, script)
+    src = open(path).read()
+    call = re.findall(r"exec\(open\(.*'configurator\.py'\)+\.read\(\)\)", src)
+    assert len(call) == 1, script
+    src = src.replace(call[0], call[0] + '; raise _Parsed()')
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, 'argv', [path, *args])
+    ns = {'__name__': '__main__', '__file__': path, '_Parsed': Parsed}
+    with pytest.raises(Parsed):
+        exec(compile(src, path, 'exec'), ns)
+    return ns
+
+def refused(script, args, monkeypatch):
+    """The one-line error a script's configurator ends these arguments with."""
+    with pytest.raises(SystemExit) as e:
+        config_of(script, args, monkeypatch)
+    return str(e.value)
+
+# -----------------------------------------------------------------------------
+# --key value
+
+def test_key_space_value_is_the_same_as_key_equals_value(monkeypatch):
+    spaced = config_of('sample.py', ['--prompt', 'The river', '--length', '48', '--cfg', '2', '--device', 'cpu'], monkeypatch)
+    joined = config_of('sample.py', ['--prompt=The river', '--length=48', '--cfg=2', '--device=cpu'], monkeypatch)
+    for k in ('prompt', 'length', 'cfg', 'device'):
+        assert spaced[k] == joined[k]
+    assert (spaced['prompt'], spaced['length'], spaced['cfg']) == ('The river', 48, 2.0)
+    # text is text in either form, a negative number is a value, and a config file still works beside them
+    assert config_of('sample.py', ['--prompt', '1984'], monkeypatch)['prompt'] == '1984'
+    cfg = config_of('dit_train.py', ['config/dit_tiny.py', '--t_mean', '-0.5', '--batch_size', '8'], monkeypatch)
+    assert (cfg['t_mean'], cfg['batch_size']) == (-0.5, 8)
+
+@pytest.mark.parametrize('args', [['--prompt'], ['--prompt', '--length', '3'], ['--length', '3', '--prompt']])
+def test_a_key_without_a_value_is_one_line(monkeypatch, args):
+    assert refused('sample.py', args, monkeypatch) == \
+        "error: argument '--prompt' needs a value: use --prompt VALUE or --prompt=VALUE"
+
+def test_mistakes_in_the_space_form_get_the_same_lines(monkeypatch):
+    assert refused('vae_train.py', ['--max_iter', '3'], monkeypatch).startswith(
+        "error: unknown config key 'max_iter': did you mean 'max_iters'?")
+    assert refused('vae_train.py', ['--max_iters', 'three'], monkeypatch) == \
+        "error: --max_iters expects int (like 350), got 'three'"
+
+# -----------------------------------------------------------------------------
+# ranges and the device
+
+@pytest.mark.parametrize('script, arg, message', [
+    ('vae_train.py', '--batch_size=0', 'batch_size must be at least 1, got 0'),
+    ('dit_train.py', '--max_iters=-5', 'max_iters must be at least 0, got -5'),
+    ('ar_train.py', '--eval_interval=0', 'eval_interval must be at least 1, got 0'),
+    ('vae_train.py', '--learning_rate=0', 'learning_rate must be greater than 0, got 0.0'),
+    ('dit_train.py', '--p_uncond=1.5', 'p_uncond must be in [0, 1], got 1.5'),
+    ('dit_train.py', '--ema_decay=1', 'ema_decay must be in [0, 1), got 1.0'),
+    ('eval.py', '--top_p=0', 'top_p must be in (0, 1], got 0.0'),
+    ('eval.py', '--seed=-1', 'seed must be at least 0, got -1'),
+    ('prepare_data.py', '--val_frac=1', 'val_frac must be in [0, 1), got 1.0'),
+    ('sample.py', '--length=0', 'length must be at least 1, got 0'),
+    ('sample.py', '--steps=0', 'steps must be at least 1, got 0'),
+    ('sample.py', '--num_samples=0', 'num_samples must be at least 1, got 0'),
+    ('sample.py', '--cfg=-1', 'cfg must be at least 0, got -1.0'),
+    ('sample.py', '--cfg=1e999', 'cfg must be a finite number, got inf'),
+    ('dit_train.py', '--t_mean=-1e999', 't_mean must be a finite number, got -inf'),
+    ('sample.py', '--device=foo', "device 'foo' is not one of cpu, cuda, cuda:N"),
+    ('eval.py', '--device=meta', "device 'meta' is not one of cpu, cuda, cuda:N"),
+])
+def test_a_number_out_of_its_range_or_a_bad_device_is_one_line(monkeypatch, script, arg, message):
+    assert refused(script, [arg], monkeypatch) == 'error: ' + message
+
+def test_the_device_must_be_on_this_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert refused('sample.py', ['--device=cuda'], monkeypatch) == \
+        "error: device is 'cuda' but no GPU is visible: pass --device=cpu"
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    assert config_of('ar_train.py', ['--device=cuda:1'], monkeypatch)['device'] == 'cuda:1'
+    assert refused('ar_train.py', ['--device=cuda:2'], monkeypatch) == \
+        "error: device 'cuda:2' does not exist: this machine has 2 GPU(s), cuda:0 and up"
+
+def test_every_default_and_config_file_is_in_range_and_every_range_has_its_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # config files for GPUs
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 8)
+    keys = set()
+    for script in SCRIPTS:
+        ns = config_of(script, [], monkeypatch)
+        keys |= {k for k in ns if not k.startswith('_')}
+    for path in sorted(glob.glob(os.path.join(ROOT, 'config', '*.py'))):
+        name = os.path.basename(path)
+        script = next(s for p, s in [('vae', 'vae_train.py'), ('dit', 'dit_train.py'), ('gpt', 'ar_train.py'),
+                                     ('eval', 'eval.py')] if name.startswith(p))
+        config_of(script, [f'config/{name}'], monkeypatch)
+    assert set(ns['_RANGES']) <= keys, set(ns['_RANGES']) - keys  # a typo in the table would check nothing
+
+# -----------------------------------------------------------------------------
+# README.md's command lines, as written
+
+README_SAMPLE = 'python sample.py --prompt "The river" --length 48 --num_samples 3'
+
+def readme_commands():
+    """Each command line in README.md (```sh blocks and `inline code`) that runs a script of the project:
+    (the line, the script, its arguments). Templates (with `...`) are left out."""
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    lines = [line for block in re.findall(r'```sh\n(.*?)```', text, re.S) for line in block.splitlines()]
+    lines += re.findall(r'`((?:python|torchrun) [^`]*)`', text)
+    out = []
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if not words or words[0] not in ('python', 'torchrun') or '-m' in words[:2] or '...' in words:
+            continue
+        at = next(i for i, w in enumerate(words) if w.endswith('.py'))  # after torchrun's own flags
+        out.append((line.split('#')[0].strip(), words[at], words[at + 1:]))
+    return out
+
+def test_every_readme_command_line_is_accepted_as_written(monkeypatch):
+    commands = readme_commands()
+    assert README_SAMPLE in [line for line, _, _ in commands]
+    assert len(commands) >= 20 and {s for _, s, _ in commands} >= set(SCRIPTS)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # the lines for GPUs, on any machine
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 8)
+    for line, script, args in commands:
+        assert os.path.isfile(os.path.join(ROOT, script)), line
+        if 'configurator.py' in open(os.path.join(ROOT, script)).read():  # bench/*.py but speed.py parse their own
+            config_of(script, args, monkeypatch)
+    ns = config_of('sample.py', next(args for line, _, args in commands if line == README_SAMPLE), monkeypatch)
+    assert (ns['prompt'], ns['length'], ns['num_samples']) == ('The river', 48, 3)
