@@ -26,7 +26,7 @@ _RANGES = {
                      'log_interval', 'stats_batches', 'length', 'steps', 'num_samples', 'min_tokens',
                      'owt_val_docs', 'owt_test_docs', 'num_proc'], '>= 1'),
     **dict.fromkeys(['max_iters', 'warmup_iters', 'lr_decay_iters', 'seed', 'min_lr', 'weight_decay', 'grad_clip',
-                     'beta_kl', 'dec_noise', 'repa_weight', 'decoder_ce', 'cfg', 'peak_tflops', 'top_k',
+                     'beta_kl', 'dec_noise', 'repa_weight', 'cfg', 'peak_tflops', 'top_k',
                      'mauve_buckets', 'bertscore_layers'], '>= 0'),
     **dict.fromkeys(['learning_rate', 't_std', 'temperature'], '> 0'),
     **dict.fromkeys(['p_drop_context', 'p_uncond'], '[0, 1]'),

@@ -6,8 +6,10 @@ Stage 2: train the TextDiT with flow matching on the frozen VAE's latents.
 
 Each window is split into a context and a target, ENCODED SEPARATELY (no target information can reach
 the context latents). The DiT sees [clean context ; x_t] with x_t = t * x1 + (1 - t) * x0, x0 ~ N(0, I),
-and regresses the velocity x1 - x0 on the target positions. Classifier-free guidance: the context is
-replaced by zeros with probability p_drop_context, and a fraction p_uncond of windows have no context.
+and on the target positions either regresses the velocity x1 - x0 (head='velocity', the paper's MSE) or
+predicts the target tokens (head='tokens', cross-entropy; its velocity comes from the expected clean
+latent, see TextDiT). Classifier-free guidance: the context is replaced by zeros with probability
+p_drop_context, and a fraction p_uncond of windows have no context.
 """
 import copy
 import os
@@ -48,11 +50,10 @@ t_schedule = 'logit_normal'  # or 'uniform'
 t_mean = 0.0
 t_std = 1.5
 # model
+head = 'velocity'  # 'velocity': regress x1 - x0 with MSE (the paper); 'tokens': score interpolation, trained with cross-entropy
 n_embd = 256
 n_head = 4
 n_layer = 6
-self_cond = False  # self-conditioning on the model's own estimate of the clean target, half of the steps
-decoder_ce = 0.0   # weight of a token loss: the frozen VAE decoder reads the model's estimate of the clean target
 dropout = 0.0
 ema_decay = 0.999  # 0 turns EMA off
 # optimizer
@@ -76,6 +77,8 @@ exec(open('configurator.py').read())
 config = plain_config(globals())
 # -----------------------------------------------------------------------------
 
+if head not in ('velocity', 'tokens'):
+    raise SystemExit(f"error: head must be 'velocity' or 'tokens', got '{head}'")
 if t_schedule not in ('logit_normal', 'uniform'):
     raise SystemExit(f"error: t_schedule must be 'logit_normal' or 'uniform', got '{t_schedule}'")
 if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
@@ -95,7 +98,7 @@ if master:
     os.makedirs(out_dir, exist_ok=True)
 
 model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
-                  self_cond=self_cond, dropout=dropout)
+                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
@@ -104,7 +107,25 @@ if init_from == 'resume':
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
     if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
         raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
-model, raw_model, optimizer = prepare_model(TextDiT(DiTConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
+@torch.no_grad()
+def token_latents(n_batches=50):
+    """E (vocab, C): each token's mean normalised latent over training windows (0 for a token never seen),
+    what the token head's probabilities are averaged over."""
+    V = meta['vocab_size']
+    sums, counts = torch.zeros(V, C, device=device), torch.zeros(V, device=device)
+    for k in range(n_batches):
+        idx, lens = train_data.sample(batch_size, block_size, np.random.default_rng([seed, 3, k]))
+        idx, mask = idx.to(device), lengths_to_mask(lens.to(device), idx.size(1))
+        with ctx:
+            mu = vae.encode(idx, mask)[0]
+        sums.index_add_(0, idx[mask], ((mu[mask] - lat_mean) / lat_std).float())
+        counts.index_add_(0, idx[mask], torch.ones_like(idx[mask], dtype=torch.float))
+    return sums / counts.clamp(min=1)[:, None]
+
+dit = TextDiT(DiTConfig(**model_args))
+if dit.cfg.vocab_size and ckpt is None:
+    dit.token_latents.copy_(token_latents())
+model, raw_model, optimizer = prepare_model(dit, ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
 ema = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay > 0 else None
 if ema is not None and ckpt and ckpt['ema'] is not None:
     ema.load_state_dict(ckpt['ema'])
@@ -120,40 +141,34 @@ def get_batch(data, rng):
     return idx.to(device), lens.to(device), torch.from_numpy(ctx_lens).to(device), drop.to(device)
 
 def flow_loss(net, batch, generator=None):
-    """Flow-matching loss on target positions; also each sample's loss and t (for the loss-by-t log)."""
+    """The training loss on the target positions, and each sample's loss and t (for the loss-by-t log):
+    the velocity head's MSE to x1 - x0, or the token head's cross-entropy on the target tokens."""
     idx, lens, ctx_lens, drop = batch
     with ctx:  # context and target encoded SEPARATELY by the frozen VAE
         zc, x1, tgt_lens = encode_segments(vae, idx, lens, ctx_lens)
     zc, x1 = (zc - lat_mean) / lat_std, (x1 - lat_mean) / lat_std
     zc = zc * (~drop)[:, None, None]  # the null condition: zero context vectors
-    B = x1.size(0)
+    B, Tt = x1.shape[:2]
     t = sample_t(B, t_schedule, t_mean, t_std, generator, device)
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
-    x1_hat = None
-    if self_cond and torch.rand(1, generator=generator, device=device).item() < 0.5:
-        with torch.no_grad(), ctx:  # first a pass without an estimate, then learn to refine its x1 = x_t + (1 - t) v
-            x1_hat = x + (1 - t[:, None, None]) * net(x, t, is_target, mask).float()
+    tmask = lengths_to_mask(tgt_lens, Tt)
     with ctx:
-        v = net(x, t, is_target, mask, x1_hat)
-    v = take_segment(v.float(), ctx_lens, x1.size(1))
-    tmask = lengths_to_mask(tgt_lens, x1.size(1))
-    per_sample = ((v - (x1 - x0)) ** 2).mean(-1).mul(tmask).sum(1) / tgt_lens  # (B,)
-    loss = masked_mean((v - (x1 - x0)) ** 2, tmask)
-    if decoder_ce > 0 and net.training:  # the velocity's clean-target estimate x1 = x_t + (1 - t) v should decode to the tokens
-        x1_est = xt + (1 - t[:, None, None]) * v
-        with ctx:
-            logits = vae.decode(x1_est * lat_std + lat_mean, tmask)
-        ce = F.cross_entropy(logits.float()[tmask], take_segment(idx, ctx_lens, x1.size(1))[tmask])
-        loss = loss + decoder_ce * ce
-    return loss, per_sample, t
+        out = net(x, t, is_target, mask, return_logits=head == 'tokens')
+    if head == 'tokens':
+        logits = take_segment(out[1], ctx_lens, Tt)  # (B, Tt, vocab)
+        per_token = F.cross_entropy(logits.transpose(1, 2), take_segment(idx, ctx_lens, Tt), reduction='none')
+    else:
+        per_token = ((take_segment(out.float(), ctx_lens, Tt) - (x1 - x0)) ** 2).mean(-1)
+    per_sample = per_token.mul(tmask).sum(1) / tgt_lens  # (B,)
+    return masked_mean(per_token, tmask), per_sample, t
 
 T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 @torch.no_grad()
 def evaluate():
-    """Val flow loss of the model (and of the EMA), overall and binned by t, on fixed batches and noise."""
+    """Val loss of the model (and of the EMA), overall and binned by t, on fixed batches and noise."""
     out = {}
     for name, net in [('model', raw_model)] + ([('ema', ema)] if ema is not None else []):
         net.eval()

@@ -255,7 +255,7 @@ class DiTConfig:
     n_embd: int = 256
     n_head: int = 4
     n_layer: int = 6
-    self_cond: bool = False  # also input the previous estimate of the clean target (Analog Bits / CDCD)
+    vocab_size: int = 0      # 0: a velocity head (the paper); > 0: a token head (score interpolation, see TextDiT)
     bias: bool = False
     dropout: float = 0.0
 
@@ -268,18 +268,26 @@ def timestep_embedding(t, dim, max_period=10000.0):
 
 class TextDiT(nn.Module):
     """The image DiT on a sequence of latents: [clean context ; noisy target] in, velocity out.
-    Time enters through adaLN-Zero; a learned marker tells context positions from target positions."""
+    Time enters through adaLN-Zero; a learned marker tells context positions from target positions.
+    Two output heads, one velocity either way (the sampler does not know which):
+      velocity (vocab_size=0, the paper): a linear map regresses v = x1 - x0 with MSE.
+      tokens (vocab_size>0, CDCD's score interpolation): logits over the vocabulary at every position; the
+        clean-target estimate is their softmax's expectation over per-token latents, x1 = p @ E, and
+        v = (x1 - x_t) / (1 - t). Trained with cross-entropy on the target tokens: a strong, discrete signal
+        where a latent MSE barely tells a likely next token from an unlikely one."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd
-        self.in_proj = nn.Linear(cfg.latent_channels * (2 if cfg.self_cond else 1), d)
+        self.in_proj = nn.Linear(cfg.latent_channels, d)
         self.segment = nn.Embedding(2, d)  # 0: context, 1: target
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.body = Transformer(cfg.n_layer, d, cfg.n_head, adaln=True, bias=cfg.bias, dropout=cfg.dropout)
         self.final_adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
-        self.out_proj = nn.Linear(d, cfg.latent_channels)
+        self.out_proj = nn.Linear(d, cfg.vocab_size or cfg.latent_channels)
+        # E: the mean normalised latent of each token (set by dit_train.py, saved with the weights)
+        self.register_buffer('token_latents', torch.zeros(cfg.vocab_size, cfg.latent_channels) if cfg.vocab_size else None)
         self.apply(init_weights)
         scale_residual_init(self, cfg.n_layer)
         # adaLN-Zero: every gate and the output start at zero, so a new DiT predicts zero velocity
@@ -290,17 +298,37 @@ class TextDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, is_target, mask=None, x1_hat=None):
-        """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask (B, T) bool
+    def forward(self, x, t, is_target, mask=None, return_logits=False):
+        """x (B, T, C) latents, t (B,) time in [0, 1) (1 = data), is_target (B, T) bool, mask (B, T) bool
         for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
-        x1_hat (B, T, C): with self_cond, an earlier estimate of the clean latents (zeros: none yet)."""
-        if self.cfg.self_cond:
-            x = torch.cat([x, torch.zeros_like(x) if x1_hat is None else x1_hat * is_target[..., None]], dim=-1)
+        return_logits (token head): also the logits (B, T, vocab)."""
         h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
         c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
         h = self.body(h, mask, c)
         shift, scale = self.final_adaln(c).chunk(2, dim=-1)
-        return self.out_proj(modulate(h, shift, scale))
+        out = self.out_proj(modulate(h, shift, scale))
+        if not self.cfg.vocab_size:
+            return out
+        logits = out.float()
+        v = self.velocity_from_logits(logits, x, t)
+        return (v, logits) if return_logits else v
+
+    def velocity_from_logits(self, logits, x, t):
+        """Token head: x1 = softmax(logits) @ E, the expected clean latent, and v = (x1 - x_t) / (1 - t)."""
+        x1 = logits.softmax(-1) @ self.token_latents
+        return (x1 - x.float()) / (1 - t.float()[:, None, None]).clamp(min=1e-3)
+
+    def forward_with_cfg(self, x, t, is_target, mask, cfg):
+        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context], and
+        out = null + cfg * (conditional - null) for both halves. The velocity head guides the velocity; the token
+        head guides its logits (as an autoregressive LM would), so the clean estimate stays a mixture of token latents."""
+        if not self.cfg.vocab_size:
+            v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
+            v = v_null + cfg * (v_ctx - v_null)
+            return torch.cat([v, v])
+        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)
+        logits = l_null + cfg * (l_ctx - l_null)
+        return self.velocity_from_logits(torch.cat([logits, logits]), x, t)
 
 def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
     """Lay out each row as [its context ; its target ; padding].

@@ -40,17 +40,12 @@ def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=50, cfg=CFG, schedule='lo
     if guided:  # the batch is [conditional ; unconditional]
         ctx, ctx_lens, tgt_lens = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)
     ts = time_grid(steps, schedule, mean, std)
-    x1_hat = None  # self-conditioning: the previous step's estimate of the clean target
     for k in range(steps):
         xin = torch.cat([x, x]) if guided else x
         packed, is_target, mask = pack_segments(ctx, ctx_lens, xin.float(), tgt_lens)
         t = torch.full((packed.size(0),), float(ts[k]), device=x.device)
-        v = take_segment(dit(packed, t, is_target, mask, x1_hat).double(), ctx_lens, Tt)
-        if dit.cfg.self_cond:  # x1 = x_t + (1 - t) v, laid out like the input
-            x1_hat = pack_segments(ctx, ctx_lens, (torch.cat([x, x]) if guided else x).float() + (1 - float(ts[k])) * v.float(), tgt_lens)[0]
-        if guided:
-            v_ctx, v_null = v.chunk(2)
-            v = v_null + cfg * (v_ctx - v_null)
+        v = dit.forward_with_cfg(packed, t, is_target, mask, cfg) if guided else dit(packed, t, is_target, mask)
+        v = take_segment(v[:B].double(), ctx_lens[:B], Tt)
         x = x + (ts[k + 1] - ts[k]).item() * v  # accumulate in float64, as REPA's sampler does
     return x.float()
 

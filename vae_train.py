@@ -86,7 +86,7 @@ if repa_weight > 0:
     from teacher import Teacher
     # the paper's case, Qwen3 tokens and a Qwen3 teacher, needs no alignment (the teacher verifies the claim)
     same = meta['tokenizer']['name'] == 'qwen3' and 'qwen3' in repa_teacher.lower()
-    teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same, bf16=dtype == 'bfloat16', device=device)
+    teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same, bf16=env['dtype'] == 'bfloat16', device=device)
 
 model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,

@@ -19,64 +19,50 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from sample import CFG  # noqa: E402
+
 OUT = 'out/lev'
 # the latents: VAE name -> vae_train.py overrides of config/vae_tiny.py (the default: REPA on the encoder
 # output, C=16, decoder noise of up to 1 latent std); 'base' is the paper's VAE, without decoder noise
 PAPER = {'dec_noise': 0.0}
 VAES = {
     'base': PAPER,
-    'repa_latent': {**PAPER, 'repa_source': 'latent'},
     'dec_noise': {},
-    'dec_noise2': {'dec_noise': 2.0},
     'norepa': {'repa_weight': 0.0},
     'c32': {'latent_channels': 32},
     'c64': {'latent_channels': 64},
 }
-# the DiTs: name -> (VAE, dit_train.py overrides of config/dit_tiny.py: logit-normal(0, 1.5), 500 steps)
+# the DiTs: name -> (VAE, dit_train.py overrides of config/dit_tiny.py, 500 steps unless a lever says).
+# Every override is spelled out, so a row keeps its meaning when the defaults change.
+VELOCITY = {'head': 'velocity', 'learning_rate': 1e-3}  # the paper's head, as config/dit_tiny.py had it
+TOKENS = {'head': 'tokens', 'learning_rate': 1e-3}
 DITS = {
-    'base': ('base', {}),
-    'repa_latent': ('repa_latent', {}),
-    't_noisier': ('base', {'t_mean': -1.0}),
-    'decoder_ce': ('base', {'decoder_ce': 0.3}),
-    'latent_ce': ('repa_latent', {'decoder_ce': 0.3}),
-    'dec_noise': ('dec_noise', {}),
-    'dec_noise2': ('dec_noise2', {}),
-    'noise_ce': ('dec_noise', {'decoder_ce': 0.3}),
-    'norepa': ('norepa', {}),
-    't_uniform': ('dec_noise', {'t_schedule': 'uniform'}),
-    't_std12': ('dec_noise', {'t_std': 1.2}),
-    'self_cond': ('dec_noise', {'self_cond': True}),
-    'c32': ('c32', {}),
-    'c64': ('c64', {}),
+    'base': ('base', VELOCITY),
+    'dec_noise': ('dec_noise', VELOCITY),
+    'norepa': ('norepa', VELOCITY),
+    't_uniform': ('dec_noise', {**VELOCITY, 't_schedule': 'uniform'}),
+    't_std12': ('dec_noise', {**VELOCITY, 't_std': 1.2}),
+    'c32': ('c32', VELOCITY),
+    'c64': ('c64', VELOCITY),
+    'tokens': ('dec_noise', TOKENS),
+    'tokens_lr2': ('dec_noise', {**TOKENS, 'learning_rate': 2e-3}),
 }
-DEFAULT = 'dec_noise'  # the embedded default's DiT (config/vae_tiny.py + config/dit_tiny.py)
-# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said (the default is 8)
+DEFAULT = 'tokens_lr2'  # the embedded default's DiT (config/vae_tiny.py + config/dit_tiny.py)
+# lever -> (DiT, eval.py overrides, what it tests); sampling: 50 Euler steps, CFG 2 unless said
 LEVERS = {
-    'base': ('base', {}, "the paper's setup: REPA on the encoder output, C=16, logit-normal(0, 1.5)"),
-    'repa_latent': ('repa_latent', {}, 'base, REPA on the latent mean instead of the encoder output'),
-    't_noisier': ('t_noisier', {}, 'base, logit-normal(-1, 1.5): more steps at high noise, where context matters'),
-    'decoder_ce': ('decoder_ce', {}, "base + 0.3 x the frozen decoder's token loss on the DiT's clean-target estimate"),
-    'latent_ce': ('latent_ce', {}, 'REPA on the latent + the decoder token loss'),
-    'decoder_ce_cfg4': ('decoder_ce', {'cfg': 4.0}, 'the decoder token loss, sampled with CFG 4'),
-    'dec_noise': ('dec_noise', {}, 'base + decoder noise of up to 1 latent std in VAE training'),
-    'dec_noise_cfg3': ('dec_noise', {'cfg': 3.0}, 'decoder noise, sampled with CFG 3'),
-    'dec_noise_cfg4': ('dec_noise', {'cfg': 4.0}, 'decoder noise, sampled with CFG 4'),
-    'dec_noise_cfg6': ('dec_noise', {'cfg': 6.0}, 'decoder noise, sampled with CFG 6'),
-    'dec_noise_cfg8': ('dec_noise', {'cfg': 8.0}, 'THE DEFAULT: decoder noise, sampled with CFG 8'),
-    'self_cond': ('self_cond', {'cfg': 4.0}, 'decoder noise, self-conditioning (CFG 4)'),
-    'dec_noise2': ('dec_noise2', {}, 'decoder noise of up to 2 latent stds'),
-    'noise_ce': ('noise_ce', {}, 'decoder noise + the decoder token loss (CFG 2)'),
-    'norepa': ('norepa', {}, 'decoder noise without REPA (CFG 2)'),
-    't_uniform': ('t_uniform', {}, 'decoder noise, uniform t (CFG 2)'),
-    't_std12': ('t_std12', {}, 'decoder noise, logit-normal(0, 1.2) (CFG 2)'),
-    'c32': ('c32', {}, 'decoder noise, C=32 latent channels (CFG 2)'),
-    'c64': ('c64', {}, 'decoder noise, C=64 latent channels (CFG 2)'),
+    'velocity': ('dec_noise', {}, "the paper's velocity head (MSE), the earlier default VAE and DiT recipe"),
+    'velocity_cfg8': ('dec_noise', {'cfg': 8.0}, 'the velocity head, sampled with CFG 8 (the earlier default)'),
+    'tokens': ('tokens', {}, 'token head: score interpolation over per-token latents, cross-entropy'),
+    'tokens_lr2': ('tokens_lr2', {}, 'token head, learning rate 2e-3 (the default DiT), CFG 2'),
+    'tokens_lr2_cfg1': ('tokens_lr2', {'cfg': 1.0}, 'the default DiT without guidance'),
+    'tokens_lr2_cfg4': ('tokens_lr2', {'cfg': 4.0}, 'the default DiT, CFG 4'),
 }
 
-LONGER = ('dec_noise_cfg4', 'dec_noise_cfg8')  # also run with twice the DiT steps
-LONG_STEPS, LONG_CFG = (500, 1000, 2000), 8.0  # one longer run of the default, evaluated at these steps
+LONG_STEPS = (500, 1000)  # config/dit_tiny_long.py, scored on the way
 
 CACHED_ONLY = False  # --cached_only=True: tabulate the finished runs, start none
+METRICS = 'rouge,genppl,mauve'
 
 class NotRun(Exception):
     pass
@@ -147,6 +133,8 @@ def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve',
             label = os.path.basename(work) + (f'_cfg{cfg:g}' if kind == 'dit' else '') + f'_{step}'
             points[step] = dict(evaluate(label, model + [f'--out_dir={done}'], num_samples, judge, shuffle, metrics),
                                 train_command=command)
+            if kind == 'dit':
+                points[step]['context_gain'] = gain(done)
         except NotRun:
             break
     return points
@@ -163,12 +151,38 @@ def write_keeping_reading(path, text):
     with open(path, 'w') as f:
         f.write(text + ('\n## Reading' + old[1] if len(old) > 1 else ''))
 
-def lever(name, num_samples, iters, judge, shuffle=True):
+def gain(dit_dir):
+    """bench/context_gain.py's table for a trained DiT (cached next to it) and its command."""
+    out_file = f'{dit_dir}.gain.json'
+    command = run(['bench/context_gain.py', f'--out_dir={dit_dir}', f'--out_file={out_file}'], out_file, f'{dit_dir}.gain.log')
+    with open(os.path.join(ROOT, out_file)) as f:
+        return dict(json.load(f), gain_command=command)
+
+def lever(name, num_samples, iters, judge, shuffle=False, metrics=METRICS):
     dit, eval_over, what = LEVERS[name]
     dit_dir, record = train_dit(dit, iters)
-    res = evaluate(name + (f'_{iters}' if iters != 500 else '') + ('' if shuffle else '_noshuffle'),
-                   ['--model=textldm', f'--out_dir={dit_dir}'] + overrides({'cfg': 2.0, **eval_over}), num_samples, judge, shuffle)
-    return dict(res, what=what, **record)
+    res = evaluate(name + (f'_{iters}' if iters != 500 else '') + ('_shuffle' if shuffle else ''),
+                   ['--model=textldm', f'--out_dir={dit_dir}'] + overrides({'cfg': 2.0, **eval_over}), num_samples, judge,
+                   shuffle, metrics)
+    return dict(res, what=what, context_gain=gain(dit_dir), **record)
+
+BENCHES = ('wikipedia', 'literary')
+
+def cells(r):
+    """A row's figures: context gain at t = 0.2 / 0.35 / 0.5, then per benchmark ROUGE-L, prompt-specific
+    ROUGE-L, generative perplexity (each with its 95% interval) and MAUVE."""
+    fmt = lambda b, k: f"{r[b][k]:.1f} [{r[b][k + '_ci'][0]:.1f}, {r[b][k + '_ci'][1]:.1f}]"
+    out = [' / '.join(f'{100 * g:.1f}' for g in r['context_gain']['summary'].values()) if 'context_gain' in r else '']
+    for b in BENCHES:
+        out += [fmt(b, 'rougeL'), fmt(b, 'rougeL_specific'), fmt(b, 'genppl'), f"{r[b]['mauve']:.1f}"]
+    return out
+
+def table(rows, first='run'):
+    head = [first, 'context gain % (t = 0.2 / 0.35 / 0.5)'] + [f'{b} {k}' for b in BENCHES for k in
+                                                            ('ROUGE-L', 'prompt-specific ROUGE-L', 'gen. PPL', 'MAUVE')]
+    lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
+    lines += [f'| {name} | ' + ' | '.join(cells(r)) + ' |' for name, r in rows.items()]
+    return '\n'.join(lines)
 
 if __name__ == '__main__':
     args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
@@ -182,46 +196,26 @@ if __name__ == '__main__':
 
     # the floors, measured in the same run: a GPT trained for as many steps as each DiT, and unigram text
     gpt, gpt_cmd = train_gpt(dit_iters)
-    rows = {'unigram floor': dict(evaluate('unigram', ['--model=unigram', '--block_size=128'], num_samples, gpt, False),
+    rows = {'unigram floor': dict(evaluate('unigram', ['--model=unigram', '--block_size=128'], num_samples, gpt, False, METRICS),
                                   what='random tokens at training-corpus frequency'),
-            'same-budget GPT': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], num_samples, gpt),
+            'same-budget GPT': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], num_samples, gpt, False, METRICS),
                                     what=f'GPT, same width, {dit_iters} steps', train_command=gpt_cmd)}
     for name in names:
         try:
             rows[name] = lever(name, num_samples, dit_iters, gpt)
         except NotRun as e:
             print(f'not run yet, left out: {name} ({e})')
-    for name in LONGER:  # the same levers with twice the DiT steps (and a schedule for them)
-        try:
-            rows[f'{name}, {2 * dit_iters} steps'] = dict(lever(name, num_samples, 2 * dit_iters, gpt),
-                                                           what=f'{name} with the DiT trained {2 * dit_iters} steps')
-        except NotRun as e:
-            print(f'not run yet, left out: {name} at {2 * dit_iters} steps ({e})')
-    # what more compute buys: one longer run of the default, evaluated on the way
-    long = curve('dit', LONG_STEPS, num_samples, gpt, True, 'rouge,genppl', 'long_dit', LONG_CFG)
-
+    # what more compute buys: one longer run of the default DiT, its schedule set for the last step, scored on the way
+    long = curve('dit', LONG_STEPS, num_samples, gpt, False, METRICS, 'long', CFG)
     with open(os.path.join(ROOT, 'bench/results/dit_learns.json'), 'w') as f:
         json.dump(dict(command='python bench/dit_learns.py ' + ' '.join(sys.argv[1:]), rows=rows, long_run=long), f, indent=1)
-    floor = rows['unigram floor']
-    fmt = lambda r, b, k: f"{r[b][k]:.1f} [{r[b][k + '_ci'][0]:.1f}, {r[b][k + '_ci'][1]:.1f}]"
-    lines = ['| run | what | ' + ' | '.join(f'{b} ROUGE-L | {b} gen. PPL | {b} ctx-shuffle unchanged %'
-                                             for b in ('wikipedia', 'literary')) + ' | beats the floor |',
-             '|---' * 9 + '|']
-    for name, r in rows.items():
-        beats = all(r[b]['rougeL'] > floor[b]['rougeL_ci'][1] and r[b]['genppl'] < floor[b]['genppl_ci'][0]
-                    for b in ('wikipedia', 'literary'))
-        ctx = lambda b: f"{r[b]['ctx_unchanged']:.0f}" if 'ctx_unchanged' in r[b] else ''
-        cells = [f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {ctx(b)}"
-                 for b in ('wikipedia', 'literary')]
-        lines.append(f"| {name} | {r['what']} | " + ' | '.join(cells) + f" | {'yes' if beats else 'no'} |")
     minutes = lambda steps: timed_alone('vae')['minutes'] + steps * timed_alone('dit')['median_step_ms'] / 60e3
-    lines += ['', f'What more compute buys: one run of the default DiT with its schedule set for {LONG_STEPS[-1]} steps, '
-              f'evaluated on the way (CFG {LONG_CFG:g}; minutes: VAE + DiT on the 2-core CPU, timed alone)', '',
-              '| DiT steps | minutes | ' + ' | '.join(f'{b} ROUGE-L | {b} gen. PPL | {b} ctx-shuffle unchanged %'
-                                                    for b in ('wikipedia', 'literary')) + ' |', '|---' * 8 + '|']
-    for steps, r in long.items():
-        lines.append(f'| {steps} | {minutes(steps):.1f} | ' + ' | '.join(
-            f"{fmt(r, b, 'rougeL')} | {fmt(r, b, 'genppl')} | {r[b]['ctx_unchanged']:.0f}" for b in ('wikipedia', 'literary')) + ' |')
-    write_keeping_reading(os.path.join(ROOT, 'bench/results/dit_learns.md'), '\n'.join(lines) +
-                          f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]. Commands: dit_learns.json.\n")
-    print('\n'.join(lines))
+    text = (table(rows) + '\n\n' + '\n'.join(f"- {name}: {r['what']}" for name, r in rows.items()) +
+            f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]; generative perplexity under the "
+            f"same-budget GPT; sampled with CFG 2 unless the lever says. Commands: dit_learns.json.\n\n"
+            f"What more compute buys: the default DiT (config/dit_tiny_long.py) with its schedule set for {LONG_STEPS[-1]} "
+            f"steps, scored on the way at CFG {CFG:g}; minutes = the VAE's and the DiT's steps timed alone on the 2-core CPU "
+            f"(bench/results/vae_tiny.json, dit_tiny.json)\n\n" +
+            table({f'{s} steps, {minutes(s):.0f} min': r for s, r in long.items()}, 'DiT steps') + '\n')
+    write_keeping_reading(os.path.join(ROOT, 'bench/results/dit_learns.md'), text)
+    print(text)

@@ -59,11 +59,13 @@ def test_vae_with_repa_aligns(tiny_data, tmp_path):
     cos = [float(x) for x in re.findall(r'repa_cos ([-\d.]+)', out)]
     assert len(cos) == 2 and cos[0] < 0.1 and cos[1] > cos[0] + 0.2  # the REPA loss falls
 
-def test_dit_trains_resumes_and_samples(vae_dir, tiny_data, tmp_path):
-    common = [f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', '--lr_decay_iters=40', '--eval_interval=20', *TINY_DIT]
+@pytest.mark.parametrize('head', ['velocity', 'tokens'])
+def test_dit_trains_resumes_and_samples(vae_dir, tiny_data, tmp_path, head):
+    common = [f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', '--lr_decay_iters=40', '--eval_interval=20',
+              f'--head={head}', *TINY_DIT]
     _, a, b = straight_and_resumed('dit_train.py', tmp_path, 40, common)
     assert a[20:] == pytest.approx(b, rel=1e-5)
-    assert sum(a[-10:]) < sum(a[:10])  # the flow loss goes down
+    assert sum(a[-10:]) < sum(a[:10])  # the training loss (MSE or cross-entropy) goes down
     out = ok(run_script('sample.py', f'--out_dir={tmp_path}/a', '--prompt=the river', '--length=6', '--steps=4', '--num_samples=2'))
     assert out.count('--- sample') == 2
 
