@@ -243,7 +243,7 @@ def test_a_bad_config_file_is_one_line(tmp_path, source, message):
 
 # -----------------------------------------------------------------------------
 # the README's sample lines as written (--key value), and bad numbers, devices and token ids through the real scripts:
-# one line, within seconds (a run that never ends hits the timeout), and nothing on disk
+# one line, and nothing on disk (a run that never ends fails on run_script's timeout)
 
 @pytest.mark.parametrize('line', [README_SAMPLE, 'python sample.py'])
 def test_the_readme_sample_lines_run_as_written(trained, line):
@@ -259,13 +259,13 @@ TRAINERS = ['vae_train.py', 'dit_train.py', 'ar_train.py']
 @pytest.mark.parametrize('script, args, message', [
     pytest.param('sample.py', ['--device=cuda'], "device is 'cuda' but no GPU is visible: pass --device=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU is visible')),
-    *[(s, ['--device=foo'], "device 'foo' is not one of cpu, cuda, cuda:N") for s in ['sample.py', *TRAINERS]],
+    *[(s, ['--device=foo'], "device 'foo' is not one of cpu, cuda, cuda:N") for s in ['sample.py', 'dit_train.py']],
     *[(s, ['--batch_size=0'], 'batch_size must be at least 1, got 0') for s in TRAINERS],
     *[(s, ['--max_iters=-5'], 'max_iters must be at least 0, got -5') for s in ['dit_train.py', 'ar_train.py']],
 ])
 def test_a_bad_number_or_device_is_one_line_and_creates_nothing(tiny_data, tmp_path, script, args, message):
     data = [] if script == 'sample.py' else [f'--data_dir={tiny_data}']
-    one_line_error(run_script(script, *data, f'--out_dir={tmp_path}/out', *args, timeout=60), message)
+    one_line_error(run_script(script, *data, f'--out_dir={tmp_path}/out', *args), message)
     assert not os.path.exists(tmp_path / 'out')
 
 def test_an_out_of_range_token_id_far_from_both_ends_is_one_line_and_creates_nothing(tiny_data, tmp_path):
@@ -281,14 +281,13 @@ def test_an_out_of_range_token_id_far_from_both_ends_is_one_line_and_creates_not
     meta['splits']['train'] = dict(tokens=meta['splits']['train']['tokens'] + n, docs=meta['splits']['train']['docs'] + 1)
     (data / 'meta.json').write_text(json.dumps(meta))
     one_line_error(run_script('vae_train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/out', '--repa_weight=0',
-                              *TINY_VAE, timeout=60),
+                              *TINY_VAE),
                    f"train.bin has token id {meta['vocab_size']} at position {docs[-1] + n // 2}, but vocab_size is")
     assert not os.path.exists(tmp_path / 'out')
 
 def test_resuming_past_max_iters_is_one_line(trained, tiny_data):
     before = digest(f'{trained[1]}/ckpt.pt')  # trained for 2 steps
     one_line_error(run_script('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={trained[0]}/ckpt.pt',
-                              f'--out_dir={trained[1]}', '--init_from=resume', '--max_iters=1', *TINY_DIT, '--block_size=64',
-                              timeout=60),
+                              f'--out_dir={trained[1]}', '--init_from=resume', '--max_iters=1', *TINY_DIT, '--block_size=64'),
                    f'{trained[1]}/ckpt.pt is at step 2, past max_iters=1: raise max_iters to train on')
     assert digest(f'{trained[1]}/ckpt.pt') == before
