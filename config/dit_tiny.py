@@ -1,6 +1,4 @@
-# The embedded default on a 2-core CPU: a 6-layer d=256 DiT on the tiny VAE's latents, with the token head
-# (score interpolation, cross-entropy): at this budget the paper's velocity MSE does not learn to read its
-# context (bench/results/dit_learns.md).
+# The embedded default on a 2-core CPU: a 6-layer d=256 DiT on the tiny VAE's latents.
 # python dit_train.py config/dit_tiny.py
 out_dir = 'out/dit_tiny'
 vae_ckpt = 'out/vae_tiny/ckpt.pt'
@@ -10,7 +8,5 @@ block_size = 128
 n_embd = 256
 n_head = 4
 n_layer = 6
-head = 'tokens'
-learning_rate = 2e-3
 max_iters = 500
 dtype = 'bfloat16'
