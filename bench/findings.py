@@ -24,6 +24,10 @@ from dit_learns import (DEFAULT, OUT, ROOT, NotRun, curve, evaluate, lever, time
 sys.path.insert(0, ROOT)
 from sample import CFG
 
+# the arms: name -> (DiT of dit_learns.DITS, eval.py overrides, what); sampled with CFG 2 unless said
+ARMS = {DEFAULT: (DEFAULT, {}, 'the default VAE and DiT'), f'{DEFAULT}_cfg{CFG:g}': (DEFAULT, {'cfg': CFG}, 'the default'),
+        **{k: (k, {}, k) for k in ('norepa', 't_std12', 't_uniform', 'c32', 'c64')}}
+arm_lever = lambda name, n, iters, gpt: lever(name, n, iters, gpt, True, 'rouge,genppl', ARMS[name])
 CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
 BENCHES = ('wikipedia', 'literary')
 
@@ -76,8 +80,8 @@ if __name__ == '__main__':
     gpt, gpt_cmd = train_gpt(500)
     res = {'command': 'python bench/findings.py ' + ' '.join(sys.argv[1:])}
 
-    default = lever(f'{DEFAULT}_cfg{CFG:g}', n, 500, gpt)  # the embedded default samples with sample.CFG
-    res['repa'] = {'REPA on': lever(DEFAULT, n, 500, gpt), 'REPA off': arm(lever, 'norepa', n, 500, gpt)}
+    default = arm_lever(f'{DEFAULT}_cfg{CFG:g}', n, 500, gpt)  # the embedded default samples with sample.CFG
+    res['repa'] = {'REPA on': arm_lever(DEFAULT, n, 500, gpt), 'REPA off': arm(arm_lever, 'norepa', n, 500, gpt)}
     # the GPT steps that take the VAE's and DiT's minutes (whole scripts), all timed alone on the 2-core
     # machine: the GPT's median step was 501 ms (python bench/train_tiny.py gpt)
     wall_iters = 50 * round((timed_alone('vae')['minutes'] + timed_alone('dit')['minutes']) * 60 / 0.501 / 50)
@@ -87,12 +91,12 @@ if __name__ == '__main__':
                                                               train_command=gpt_cmd),
                  f'GPT, same wall-clock ({wall_iters} steps)': arm(wall),
                  'unigram floor': evaluate('unigram', ['--model=unigram', '--block_size=128'], n, gpt, False)}
-    res['t_schedule'] = {label: arm(lever, k, n, 500, gpt) for label, k in
+    res['t_schedule'] = {label: arm(arm_lever, k, n, 500, gpt) for label, k in
                         (('logit-normal 1.5 (default)', DEFAULT), ('logit-normal 1.2', 't_std12'), ('uniform', 't_uniform'))}
     dit_dir, _ = train_dit(DEFAULT, 500)
     res['cfg'] = {f'cfg {c:g}': arm(evaluate, f'{DEFAULT}_cfg{c:g}', ['--model=textldm', f'--out_dir={dit_dir}', f'--cfg={c:.1f}'], n, gpt)
                   for c in (1, 1.5, 2, 3, 4, 6, 8)}
-    res['channels'] = {label: arm(lever, k, n, 500, gpt) for label, k in (('C=16 (default)', DEFAULT), ('C=32', 'c32'), ('C=64', 'c64'))}
+    res['channels'] = {label: arm(arm_lever, k, n, 500, gpt) for label, k in (('C=16 (default)', DEFAULT), ('C=32', 'c32'), ('C=64', 'c64'))}
     # the curve was measured when CFG 4 was the default (ROUGE-L at 4 and 8 are within noise, dit_learns.md)
     res['curve'] = {'TextLDM': curve('dit', CURVE_STEPS, n, gpt, cfg=4.0), 'GPT': curve('gpt', CURVE_STEPS, n, gpt)}
 
