@@ -62,7 +62,7 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-# ~1.1 s per 50 steps on one core; untrained, either head copies 5% (chance). The token head learns the copy a
+# 4-6 s each on one core (training is most of it); untrained, either head copies 5% (chance). The token head learns the copy a
 # little later: at 150 steps it copies 96-100% over seeds 0-2, at 200 steps 99-100% (the velocity head 100% at 150)
 @pytest.mark.parametrize('head, iters', [('velocity', 150), ('tokens', 200)])
 def test_dit_copies_its_context_and_not_another_rows(head, iters, one_thread):
