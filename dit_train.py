@@ -107,6 +107,7 @@ if init_from == 'resume':
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
     if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
         raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
+
 @torch.no_grad()
 def token_latents(n_batches=50):
     """E (vocab, C): each token's mean normalised latent over training windows (0 for a token never seen),

@@ -319,16 +319,16 @@ class TextDiT(nn.Module):
         return (x1 - x.float()) / (1 - t.float()[:, None, None]).clamp(min=1e-3)
 
     def forward_with_cfg(self, x, t, is_target, mask, cfg):
-        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context], and
-        out = null + cfg * (conditional - null) for both halves. The velocity head guides the velocity; the token
-        head guides its logits (as an autoregressive LM would), so the clean estimate stays a mixture of token latents."""
+        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context] ->
+        the guided velocity null + cfg * (conditional - null) of the conditional half. The velocity head guides
+        the velocity; the token head guides its logits (as an autoregressive LM would), so the clean estimate
+        stays a mixture of token latents."""
+        half = x.size(0) // 2
         if not self.cfg.vocab_size:
             v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
-            v = v_null + cfg * (v_ctx - v_null)
-            return torch.cat([v, v])
+            return v_null + cfg * (v_ctx - v_null)
         l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)
-        logits = l_null + cfg * (l_ctx - l_null)
-        return self.velocity_from_logits(torch.cat([logits, logits]), x, t)
+        return self.velocity_from_logits(l_null + cfg * (l_ctx - l_null), x[:half], t[:half])
 
 def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
     """Lay out each row as [its context ; its target ; padding].

@@ -45,7 +45,7 @@ def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=50, cfg=CFG, schedule='lo
         packed, is_target, mask = pack_segments(ctx, ctx_lens, xin.float(), tgt_lens)
         t = torch.full((packed.size(0),), float(ts[k]), device=x.device)
         v = dit.forward_with_cfg(packed, t, is_target, mask, cfg) if guided else dit(packed, t, is_target, mask)
-        v = take_segment(v[:B].double(), ctx_lens[:B], Tt)
+        v = take_segment(v.double(), ctx_lens[:B], Tt)  # (B, Tt, C): the conditional half when guided
         x = x + (ts[k + 1] - ts[k]).item() * v  # accumulate in float64, as REPA's sampler does
     return x.float()
 
