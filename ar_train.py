@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
+from checkpoint import save_checkpoint, load_checkpoint
 from data import TokenData, load_meta, tokenizer_sha256
 from model import GPT, GPTConfig, lengths_to_mask, flops_per_token, peak_flops
-from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
-                      load_checkpoint, check_finite, Meter, write_summary)
+from training import setup, prepare_model, get_lr, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU (data and optimizer as in dit_train.py)
@@ -57,14 +57,14 @@ seed = 1337
 peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPUs)
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
-config = plain_config(globals())
+config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
 
 if not 2 <= min_len <= block_size:
     raise SystemExit(f"error: need 2 <= min_len <= block_size (a window of L tokens gives L - 1 predictions), "
                      f"got min_len={min_len}, block_size={block_size}")
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
-device, ctx, master = env['device'], env['ctx'], env['master']
+device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
 if master:
@@ -97,7 +97,7 @@ def evaluate():
     total = 0.0
     for k in range(eval_iters):
         x, y, _ = get_batch(val_data, np.random.default_rng([seed, 1, k]))  # the same val batches every time
-        with ctx:
+        with autocast:
             total += raw_model(x, y)[1].item() / eval_iters
     model.train()
     return total
@@ -131,11 +131,17 @@ while True:
     if iter_num == max_iters:
         break
 
-    # a micro-step's data (and dropout) depend only on (seed, its place in the global batch, step): see micro_steps
     loss_sum = tokens = 0
-    for rng in micro_steps(model, env, seed, iter_num, gradient_accumulation_steps):
+    for micro_step in range(gradient_accumulation_steps):
+        # micro-batch j of the global batch draws its data and noise from (seed, j, step) alone: a resumed run
+        # sees what an uninterrupted one would, and 2 ranks x 1 micro-step see what 1 rank x 2 micro-steps do
+        j = env['rank'] * gradient_accumulation_steps + micro_step
+        torch.manual_seed(seed + 1000003 * j + iter_num)
+        rng = np.random.default_rng([seed, 0, j, iter_num])
+        if env['ddp']:  # average the gradients across ranks on the last micro-step only
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         x, y, lens = get_batch(train_data, rng)
-        with ctx:
+        with autocast:
             _, loss = model(x, y)
         # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of targets
         (loss / gradient_accumulation_steps).backward()

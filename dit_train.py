@@ -19,11 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checkpoint import save_checkpoint, load_checkpoint, load_vae, fingerprint
 from data import TokenData, load_meta, tokenizer_sha256
-from model import TextDiT, DiTConfig, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from sample import sample_t
-from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
-                      load_checkpoint, load_vae, fingerprint, check_finite, Meter, write_summary)
+from model import TextDiT, DiTConfig, flow_time, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
+from training import setup, prepare_model, get_lr, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -74,7 +73,7 @@ seed = 1337
 peak_tflops = 0.0
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())
-config = plain_config(globals())
+config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
 
 if head not in ('velocity', 'tokens'):
@@ -84,16 +83,16 @@ if t_schedule not in ('logit_normal', 'uniform'):
 if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
     raise SystemExit("error: need 2 <= min_len <= block_size and 0 < ctx_frac_min <= ctx_frac_max < 1")
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
-device, ctx, master = env['device'], env['ctx'], env['master']
+device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
 vae, vae_ck = load_vae(vae_ckpt, device)
 if vae_ck['tokenizer_sha256'] != tokenizer_sha256(meta):
     raise SystemExit(f"error: the VAE {vae_ckpt} was trained with another tokenizer than the one in {data_dir}")
-if block_size > vae.cfg.block_size:
-    raise SystemExit(f"error: block_size {block_size} is longer than the VAE's {vae.cfg.block_size}")
+if block_size > vae.config.block_size:
+    raise SystemExit(f"error: block_size {block_size} is longer than the VAE's {vae.config.block_size}")
 lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
-C = vae.cfg.latent_channels
+C = vae.config.latent_channels
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
@@ -117,14 +116,14 @@ def token_latents(n_batches=50):
     for k in range(n_batches):
         idx, lens = train_data.sample(batch_size, block_size, np.random.default_rng([seed, 3, k]))
         idx, mask = idx.to(device), lengths_to_mask(lens.to(device), idx.size(1))
-        with ctx:
+        with autocast:
             mu = vae.encode(idx, mask)[0]
         sums.index_add_(0, idx[mask], ((mu[mask] - lat_mean) / lat_std).float())
         counts.index_add_(0, idx[mask], torch.ones_like(idx[mask], dtype=torch.float))
     return sums / counts.clamp(min=1)[:, None]
 
 dit = TextDiT(DiTConfig(**model_args))
-if dit.cfg.vocab_size and ckpt is None:
+if dit.config.vocab_size and ckpt is None:
     dit.token_latents.copy_(token_latents())
 model, raw_model, optimizer = prepare_model(dit, ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
 ema = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay > 0 else None
@@ -145,17 +144,17 @@ def flow_loss(net, batch, generator=None):
     """The training loss on the target positions, and each sample's loss and t (for the loss-by-t log):
     the velocity head's MSE to x1 - x0, or the token head's cross-entropy on the target tokens."""
     idx, lens, ctx_lens, drop = batch
-    with ctx:  # context and target encoded SEPARATELY by the frozen VAE
+    with autocast:  # context and target encoded SEPARATELY by the frozen VAE
         zc, x1, tgt_lens = encode_segments(vae, idx, lens, ctx_lens)
     zc, x1 = (zc - lat_mean) / lat_std, (x1 - lat_mean) / lat_std
     zc = zc * (~drop)[:, None, None]  # the null condition: zero context vectors
     B, Tt = x1.shape[:2]
-    t = sample_t(B, t_schedule, t_mean, t_std, generator, device)
+    t = flow_time(torch.rand(B, generator=generator, device=device), t_schedule, t_mean, t_std)
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
     tmask = lengths_to_mask(tgt_lens, Tt)
-    with ctx:
+    with autocast:
         out = net(x, t, is_target, mask, return_logits=head == 'tokens')
     if head == 'tokens':
         logits = take_segment(out[1], ctx_lens, Tt)  # (B, Tt, vocab)
@@ -221,9 +220,15 @@ while True:
     if iter_num == max_iters:
         break
 
-    # a micro-step's data and noise depend only on (seed, its place in the global batch, step): see micro_steps
     loss_sum = tokens = 0
-    for rng in micro_steps(model, env, seed, iter_num, gradient_accumulation_steps):
+    for micro_step in range(gradient_accumulation_steps):
+        # micro-batch j of the global batch draws its data and noise from (seed, j, step) alone: a resumed run
+        # sees what an uninterrupted one would, and 2 ranks x 1 micro-step see what 1 rank x 2 micro-steps do
+        j = env['rank'] * gradient_accumulation_steps + micro_step
+        torch.manual_seed(seed + 1000003 * j + iter_num)
+        rng = np.random.default_rng([seed, 0, j, iter_num])
+        if env['ddp']:  # average the gradients across ranks on the last micro-step only
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         batch = get_batch(train_data, rng)
         loss, _, _ = flow_loss(model, batch)
         # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of targets

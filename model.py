@@ -59,8 +59,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
 
     def forward(self, x, rope, mask=None, cache=None):
-        B, T, C = x.size()
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
+        B, T, D = x.size()
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         # mask: (B, T) True for real tokens; padded keys are hidden from every query
         attn_mask = None if mask is None else mask[:, None, None, :]
@@ -72,7 +72,7 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)
             is_causal = self.causal and T > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 class MLP(nn.Module):
 
@@ -158,26 +158,24 @@ class VAEConfig:
     n_dec_layer: int = 2
     latent_channels: int = 16   # C: one latent vector of C channels per token
     repa_dim: int = 0           # width of the REPA teacher (0: no REPA projection)
-    repa_source: str = 'hidden' # align the encoder output ('hidden', the paper) or the latent mean ('latent')
     bias: bool = False
     dropout: float = 0.0
 
 class TextVAE(nn.Module):
 
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, config: VAEConfig):
         super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.encoder = Transformer(cfg.n_enc_layer, cfg.n_embd, cfg.n_head, bias=cfg.bias, dropout=cfg.dropout)
-        self.to_moments = nn.Linear(cfg.n_embd, 2 * cfg.latent_channels)  # -> mu, logvar
-        self.from_latent = nn.Linear(cfg.latent_channels, cfg.n_embd)
-        self.decoder = Transformer(cfg.n_dec_layer, cfg.n_embd, cfg.n_head, bias=cfg.bias, dropout=cfg.dropout)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.encoder = Transformer(config.n_enc_layer, config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
+        self.to_moments = nn.Linear(config.n_embd, 2 * config.latent_channels)  # -> mu, logvar
+        self.from_latent = nn.Linear(config.latent_channels, config.n_embd)
+        self.decoder = Transformer(config.n_dec_layer, config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # REPA: a linear projection into the teacher's width (the paper's choice); used in training only
-        src_dim = cfg.n_embd if cfg.repa_source == 'hidden' else cfg.latent_channels
-        self.repa_proj = nn.Linear(src_dim, cfg.repa_dim) if cfg.repa_dim > 0 else None
+        self.repa_proj = nn.Linear(config.n_embd, config.repa_dim) if config.repa_dim > 0 else None
         self.apply(init_weights)
-        scale_residual_init(self, cfg.n_enc_layer + cfg.n_dec_layer)
+        scale_residual_init(self, config.n_enc_layer + config.n_dec_layer)
 
     def encode(self, idx, mask=None):
         """idx (B, T) -> mu, logvar (B, T, C) and the encoder's output features h (B, T, D) for REPA."""
@@ -197,9 +195,7 @@ class TextVAE(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
         if noise_std > 0:  # teach the decoder to read imprecise latents, as a DiT's samples are: see add_decoder_noise
             z = add_decoder_noise(z, mu, mask, noise_std)
-        repa = None
-        if self.repa_proj is not None:
-            repa = self.repa_proj(h if self.cfg.repa_source == 'hidden' else mu.to(h.dtype))
+        repa = self.repa_proj(h) if self.repa_proj is not None else None
         return self.decode(z, mask), mu, logvar, repa
 
 def add_decoder_noise(z, mu, mask, noise_std):
@@ -246,7 +242,18 @@ def peak_flops(device_type, override_tflops=0.0):
     return None
 
 # -----------------------------------------------------------------------------
-# TextDiT
+# TextDiT and its flow
+#
+# The flow runs from noise at t = 0 to data at t = 1: x_t = t * x1 + (1 - t) * x0 with x0 ~ N(0, I), and the
+# DiT predicts its velocity dx_t/dt = x1 - x0 (rectified flow). Training and sampling share one time
+# distribution: training draws t from it, the sampler steps through its quantiles.
+
+def flow_time(q, schedule='logit_normal', mean=0.0, std=1.5):
+    """The time distribution by its quantile function: q in [0, 1] -> t in [0, 1]. logit_normal (SD3, the
+    paper's std 1.5): t = sigmoid(mean + std * z), z ~ N(0, 1), most steps at mid t; uniform: t = q."""
+    if schedule == 'uniform':
+        return q
+    return torch.sigmoid(mean + std * torch.special.ndtri(q))
 
 @dataclass
 class DiTConfig:
@@ -276,20 +283,20 @@ class TextDiT(nn.Module):
         v = (x1 - x_t) / (1 - t). Trained with cross-entropy on the target tokens: a strong, discrete signal
         where a latent MSE barely tells a likely next token from an unlikely one."""
 
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, config: DiTConfig):
         super().__init__()
-        self.cfg = cfg
-        d = cfg.n_embd
-        self.in_proj = nn.Linear(cfg.latent_channels, d)
+        self.config = config
+        d = config.n_embd
+        self.in_proj = nn.Linear(config.latent_channels, d)
         self.segment = nn.Embedding(2, d)  # 0: context, 1: target
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
-        self.body = Transformer(cfg.n_layer, d, cfg.n_head, adaln=True, bias=cfg.bias, dropout=cfg.dropout)
+        self.body = Transformer(config.n_layer, d, config.n_head, adaln=True, bias=config.bias, dropout=config.dropout)
         self.final_adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
-        self.out_proj = nn.Linear(d, cfg.vocab_size or cfg.latent_channels)
+        self.out_proj = nn.Linear(d, config.vocab_size or config.latent_channels)
         # E: the mean normalised latent of each token (set by dit_train.py, saved with the weights)
-        self.register_buffer('token_latents', torch.zeros(cfg.vocab_size, cfg.latent_channels) if cfg.vocab_size else None)
+        self.register_buffer('token_latents', torch.zeros(config.vocab_size, config.latent_channels) if config.vocab_size else None)
         self.apply(init_weights)
-        scale_residual_init(self, cfg.n_layer)
+        scale_residual_init(self, config.n_layer)
         # adaLN-Zero: every gate and the output start at zero, so a new DiT predicts zero velocity
         for block in self.body.blocks:
             nn.init.zeros_(block.adaln[-1].weight)
@@ -307,7 +314,7 @@ class TextDiT(nn.Module):
         h = self.body(h, mask, c)
         shift, scale = self.final_adaln(c).chunk(2, dim=-1)
         out = self.out_proj(modulate(h, shift, scale))
-        if not self.cfg.vocab_size:
+        if not self.config.vocab_size:
             return out
         logits = out.float()
         v = self.velocity_from_logits(logits, x, t)
@@ -318,17 +325,17 @@ class TextDiT(nn.Module):
         x1 = logits.softmax(-1) @ self.token_latents
         return (x1 - x.float()) / (1 - t.float()[:, None, None]).clamp(min=1e-3)
 
-    def forward_with_cfg(self, x, t, is_target, mask, cfg):
+    def forward_with_cfg(self, x, t, is_target, mask, cfg_scale):
         """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context] ->
-        the guided velocity null + cfg * (conditional - null) of the conditional half. The velocity head guides
+        the guided velocity null + cfg_scale * (conditional - null) of the conditional half. The velocity head guides
         the velocity; the token head guides its logits (as an autoregressive LM would), so the clean estimate
         stays a mixture of token latents."""
         half = x.size(0) // 2
-        if not self.cfg.vocab_size:
+        if not self.config.vocab_size:
             v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
-            return v_null + cfg * (v_ctx - v_null)
+            return v_null + cfg_scale * (v_ctx - v_null)
         l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)
-        return self.velocity_from_logits(l_null + cfg * (l_ctx - l_null), x[:half], t[:half])
+        return self.velocity_from_logits(l_null + cfg_scale * (l_ctx - l_null), x[:half], t[:half])
 
 def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
     """Lay out each row as [its context ; its target ; padding].
@@ -379,15 +386,15 @@ class GPTConfig:
 class GPT(nn.Module):
     """GPT-2 with RoPE: the token embedding and the head are one matrix (tied, as in GPT-2)."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, config: GPTConfig):
         super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.body = Transformer(cfg.n_layer, cfg.n_embd, cfg.n_head, causal=True, bias=cfg.bias, dropout=cfg.dropout)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.body = Transformer(config.n_layer, config.n_embd, config.n_head, causal=True, bias=config.bias, dropout=config.dropout)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.apply(init_weights)
-        scale_residual_init(self, cfg.n_layer)
+        scale_residual_init(self, config.n_layer)
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab), and with targets (B, T) the mean next-token cross-entropy
@@ -401,8 +408,8 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
         """Continue the prompts idx (B, T), all of one length T >= 1, by max_new_tokens -> (B, T + max_new_tokens).
         Keys and values are cached: the prompt is read once, then each step feeds only the newest token."""
-        if idx.size(1) + max_new_tokens > self.cfg.block_size:
-            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceed block_size {self.cfg.block_size}")
+        if idx.size(1) + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceed block_size {self.config.block_size}")
         cache = [KVCache() for _ in self.body.blocks]
         x = idx
         for _ in range(max_new_tokens):

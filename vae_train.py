@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checkpoint import save_checkpoint, load_checkpoint
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
 from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import (setup, prepare_model, get_lr, micro_steps, sum_over_ranks, plain_config, save_checkpoint,
-                      load_checkpoint, check_finite, Meter, write_summary)
+from training import setup, prepare_model, get_lr, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -48,7 +48,6 @@ dec_noise = 0.0          # decoder-input noise, up to this many latent stds (rob
 repa_weight = 1.0        # lambda; 0 turns REPA off
 repa_teacher = 'minilm'  # 'minilm' (offline default), a local folder, or a hub id such as 'Qwen/Qwen3-1.7B'
 repa_layer = -3          # index into the teacher's hidden states: -3 is the 3rd-to-last layer
-repa_source = 'hidden'   # align the encoder output ('hidden', the paper) or the latent mean ('latent')
 # optimizer
 learning_rate = 2e-3
 min_lr = 2e-4
@@ -68,13 +67,13 @@ peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPU
 stats_batches = 20  # training batches used for the latent mean/std stored for the DiT
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
-config = plain_config(globals())
+config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
 
 if not 1 <= min_len <= block_size:
     raise SystemExit(f"error: need 1 <= min_len <= block_size, got min_len={min_len}, block_size={block_size}")
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
-device, ctx, master = env['device'], env['ctx'], env['master']
+device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
 enc = get_tokenizer(meta, data_dir)
@@ -90,7 +89,7 @@ if repa_weight > 0:
 
 model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,
-                  repa_dim=teacher.width if teacher else 0, repa_source=repa_source, dropout=dropout)
+                  repa_dim=teacher.width if teacher else 0, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'vae')
@@ -115,7 +114,7 @@ def get_batch(data, rng):
 def losses(idx, lens, train=True):
     """All the VAE's losses and diagnostics on one batch."""
     mask = lengths_to_mask(lens, idx.size(1))
-    with ctx:
+    with autocast:
         logits, mu, logvar, repa = model(idx, mask, sample=True, noise_std=dec_noise if train else 0.0)
     ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none').view_as(idx)
     out = dict(ce=masked_mean(ce, mask), kl=masked_mean(gaussian_kl(mu, logvar), mask))
@@ -139,7 +138,7 @@ def evaluate():
         idx, lens = get_batch(val_data, np.random.default_rng([seed, 1, k]))  # the same val batches every time
         out = losses(idx, lens, train=False)
         mask = lengths_to_mask(lens, idx.size(1))
-        with ctx:
+        with autocast:
             logits = raw_model.decode(raw_model.encode(idx, mask)[0], mask)
         out['acc_mu'] = masked_mean((logits.argmax(-1) == idx).float(), mask)
         for k, v in out.items():
@@ -155,7 +154,7 @@ def latent_stats():
     for k in range(stats_batches):
         idx, lens = get_batch(train_data, np.random.default_rng([seed, 2, k]))
         mask = lengths_to_mask(lens, idx.size(1))
-        with ctx:
+        with autocast:
             mu, logvar, _ = raw_model.encode(idx, mask)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         zs.append(z[mask].float())
@@ -173,7 +172,7 @@ def checkpoint(best_val, final=False):
 # the training loop
 if master:
     print(f"TextVAE: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
-          f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer} -> {repa_source}'}, "
+          f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer}'}, "
           f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
 meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, n_embd), peak_flops(env['device_type'], peak_tflops),
               env['world'])
@@ -197,9 +196,15 @@ while True:
     if iter_num == max_iters:
         break
 
-    # a micro-step's data and noise depend only on (seed, its place in the global batch, step): see micro_steps
     sums = {}
-    for rng in micro_steps(model, env, seed, iter_num, gradient_accumulation_steps):
+    for micro_step in range(gradient_accumulation_steps):
+        # micro-batch j of the global batch draws its data and noise from (seed, j, step) alone: a resumed run
+        # sees what an uninterrupted one would, and 2 ranks x 1 micro-step see what 1 rank x 2 micro-steps do
+        j = env['rank'] * gradient_accumulation_steps + micro_step
+        torch.manual_seed(seed + 1000003 * j + iter_num)
+        rng = np.random.default_rng([seed, 0, j, iter_num])
+        if env['ddp']:  # average the gradients across ranks on the last micro-step only
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         idx, lens = get_batch(train_data, rng)
         out = losses(idx, lens)
         # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of tokens

@@ -47,7 +47,7 @@ if quick:  # tiny sizes, but for what the command line sets
     globals().update({k: v for k, v in tiny.items() if k not in given})
 
 env = setup(device, dtype, 'auto', 1337, 1)
-dev, ctx, gpu = env['device'], env['ctx'], env['device_type'] == 'cuda'
+dev, autocast, gpu = env['device'], env['autocast'], env['device_type'] == 'cuda'
 meta = load_meta(data_dir)
 V, n_enc = meta['vocab_size'], n_layer // 2
 idx, lens = (t.to(dev) for t in TokenData(data_dir, 'train').sample(batch_size, block_size, np.random.default_rng(0)))
@@ -74,7 +74,7 @@ def train_step(name, model, loss_fn, ema=False):
     model, raw, opt = prepare_model(model, None, env, compile, 0.0, 1e-3, (0.9, 0.99))
     shadow = copy.deepcopy(raw).requires_grad_(False) if ema else None
     def step():
-        with ctx:
+        with autocast:
             loss = loss_fn(model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -117,7 +117,7 @@ def dit_phase():
             v = take_segment(model(x, t.flatten(), is_target, m).float(), ctx_lens, x1.size(1))
             return masked_mean((v - (x1 - x0)) ** 2, lengths_to_mask(tgt_lens, x1.size(1)))
         return loss
-    with ctx:
+    with autocast:
         latents = encode()
     dit = lambda: TextDiT(DiTConfig(latent_channels, block_size, n_embd, n_head, n_layer))
     return {**train_step('dit_body', dit(), loss_fn(latents), ema=True),
@@ -145,7 +145,7 @@ def sampling_phase(which):
             return models[0].generate(prompt, n, generator=g)
         vae, dit = models  # as sample.generate: the DiT under autocast, the VAE in float32
         zc = vae.encode(prompt)[0]
-        with ctx:
+        with autocast:
             z = sample_latents(dit, zc, full(prompt_len), full(n), steps, cfg, generator=g)
         return vae.decode(z).argmax(-1)
     sample(lengths[0], 1)  # warmup

@@ -45,7 +45,7 @@ def teachers(tmp_path_factory):
         byte_tok.save_pretrained(root / name)
         out[name] = str(root / name)
     if HAS_MINILM:
-        tok = AutoTokenizer.from_pretrained(resolve('minilm')[0])
+        tok = AutoTokenizer.from_pretrained(resolve('minilm'))
         BertModel(BertConfig(**small | dict(vocab_size=tok.vocab_size))).save_pretrained(root / 'bert')
         tok.save_pretrained(root / 'bert')
         out['bert'] = str(root / 'bert')
