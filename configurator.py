@@ -10,8 +10,8 @@ which applies, in order, any `config/*.py` files and `--key=value` (or `--key va
 
 Values are parsed as Python literals and must keep the type of the default (an int is taken for a
 float; any text is taken for a string, so --prompt=1984 is the text '1984'). Then every number is
-checked against its range in _RANGES and the device against this machine, before the script creates
-anything. Mistakes end the run with one line that says what is wrong.
+checked against its range in _RANGES, every text option against its _CHOICES and the device against
+this machine, before the script creates anything. Mistakes end the run with one line that says what is wrong.
 """
 import sys
 import math
@@ -32,6 +32,14 @@ _RANGES = {
     **dict.fromkeys(['p_drop_context', 'p_uncond'], '[0, 1]'),
     **dict.fromkeys(['dropout', 'beta1', 'beta2', 'ema_decay', 'val_frac', 'test_frac'], '[0, 1)'),
     'top_p': '(0, 1]',
+}
+# The values a text option may take, checked the same way.
+_CHOICES = {
+    'init_from': ('scratch', 'resume'),
+    'dtype': ('float32', 'bfloat16'),  # no float16: it would need loss scaling (a GradScaler) not to underflow
+    'backend': ('auto', 'nccl', 'gloo'),
+    'head': ('velocity', 'tokens'),
+    't_schedule': ('logit_normal', 'uniform'),
 }
 
 def _fail(msg):
@@ -114,8 +122,11 @@ while _args:
         print(f"Overriding: {_key} = {_val!r}")
         globals()[_key] = _val
 
-# every number in its range, before the script creates anything (an out_dir, a checkpoint, a run that never ends)
+# every number in its range and every choice valid, before the script creates anything (an out_dir, a
+# checkpoint, a run that never ends)
 for _k, _v in list(globals().items()):
+    if _k in _CHOICES and _v not in _CHOICES[_k]:
+        _fail(f"{_k} must be one of {', '.join(_CHOICES[_k])}, got {_v!r}")
     if _k.startswith('_') or type(_v) not in (int, float):
         continue
     if not math.isfinite(_v):

@@ -76,10 +76,6 @@ exec(open('configurator.py').read())
 config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
 
-if head not in ('velocity', 'tokens'):
-    raise SystemExit(f"error: head must be 'velocity' or 'tokens', got '{head}'")
-if t_schedule not in ('logit_normal', 'uniform'):
-    raise SystemExit(f"error: t_schedule must be 'logit_normal' or 'uniform', got '{t_schedule}'")
 if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
     raise SystemExit("error: need 2 <= min_len <= block_size and 0 < ctx_frac_min <= ctx_frac_max < 1")
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)

@@ -33,22 +33,6 @@ def apply_rope(x, cos, sin):
 def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
-class KVCache:
-    """One attention layer's keys and values of the tokens seen so far, for sampling a token at a time."""
-
-    def __init__(self):
-        self.k = self.v = None
-
-    def __len__(self):
-        return 0 if self.k is None else self.k.size(2)
-
-    def update(self, k, v):
-        """Append the new keys/values (B, nh, T, hd); returns all of them."""
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        self.k, self.v = k, v
-        return k, v
-
 class Attention(nn.Module):
 
     def __init__(self, n_embd, n_head, causal, bias):
@@ -214,34 +198,6 @@ def gaussian_kl(mu, logvar):
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 # -----------------------------------------------------------------------------
-# accounting
-
-def num_params(model, non_embedding=True):
-    """Parameters, without the token embedding and vocabulary head when non_embedding (as the paper
-    counts: 223M of each VAE are embedding + head)."""
-    n = sum(p.numel() for p in model.parameters())
-    if non_embedding:  # a set: the GPT's tied embedding and head are one matrix, counted once
-        n -= sum(w.numel() for w in {getattr(model, name).weight for name in ('wte', 'lm_head') if hasattr(model, name)})
-    return n
-
-def flops_per_token(model, T, n_layer, n_embd):
-    """Training FLOPs per token: 6 per weight (forward + backward) plus attention's scores (PaLM, appendix B)."""
-    return 6 * num_params(model, non_embedding=False) + 12 * n_layer * n_embd * T
-
-PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L40S': 362.0, 'A10G': 125.0, 'L4': 121.0}
-
-def peak_flops(device_type, override_tflops=0.0):
-    """The device's dense bf16 peak in FLOP/s, or None where unknown (CPU: pass it in by config)."""
-    if override_tflops > 0:
-        return override_tflops * 1e12
-    if device_type == 'cuda':
-        name = torch.cuda.get_device_name()
-        for key, tflops in PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
-    return None
-
-# -----------------------------------------------------------------------------
 # TextDiT and its flow
 #
 # The flow runs from noise at t = 0 to data at t = 1: x_t = t * x1 + (1 - t) * x0 with x0 ~ N(0, I), and the
@@ -383,6 +339,22 @@ class GPTConfig:
     bias: bool = False
     dropout: float = 0.0
 
+class KVCache:
+    """One attention layer's keys and values of the tokens seen so far, for sampling a token at a time."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.size(2)
+
+    def update(self, k, v):
+        """Append the new keys/values (B, nh, T, hd); returns all of them."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
 class GPT(nn.Module):
     """GPT-2 with RoPE: the token embedding and the head are one matrix (tied, as in GPT-2)."""
 
@@ -432,3 +404,31 @@ def next_token(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, ge
         drop = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p (never the first)
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+# -----------------------------------------------------------------------------
+# accounting
+
+def num_params(model, non_embedding=True):
+    """Parameters, without the token embedding and vocabulary head when non_embedding (as the paper
+    counts: 223M of each VAE are embedding + head)."""
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:  # a set: the GPT's tied embedding and head are one matrix, counted once
+        n -= sum(w.numel() for w in {getattr(model, name).weight for name in ('wte', 'lm_head') if hasattr(model, name)})
+    return n
+
+def flops_per_token(model, T, n_layer, n_embd):
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention's scores (PaLM, appendix B)."""
+    return 6 * num_params(model, non_embedding=False) + 12 * n_layer * n_embd * T
+
+PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L40S': 362.0, 'A10G': 125.0, 'L4': 121.0}
+
+def peak_flops(device_type, override_tflops=0.0):
+    """The device's dense bf16 peak in FLOP/s, or None where unknown (CPU: pass it in by config)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if device_type == 'cuda':
+        name = torch.cuda.get_device_name()
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None

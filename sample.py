@@ -15,43 +15,6 @@ from model import TextDiT, DiTConfig, flow_time, lengths_to_mask, pack_segments,
 
 CFG = 8.0  # the default guidance scale, chosen by sample quality (bench/results/dit_learns.md)
 
-class LDM:
-    """A trained TextLDM: tokenizer, frozen VAE, DiT (EMA weights when present) and the latent statistics
-    and time distribution the DiT was trained with."""
-
-    def __init__(self, dit_dir, vae_ckpt=None, device='cpu'):
-        ckpt = load_checkpoint(os.path.join(dit_dir, 'ckpt.pt'), 'dit')
-        run = ckpt['config']  # the DiT's training run
-        vae_ckpt = vae_ckpt or run['vae_ckpt']
-        self.vae, vae_ck = load_vae(vae_ckpt, device)
-        if fingerprint(self.vae.state_dict()) != ckpt['vae_fingerprint']:
-            raise SystemExit(f"error: the DiT in {dit_dir} was trained on another VAE than {vae_ckpt}: "
-                             f"pass the VAE it was trained on with --vae_ckpt")
-        self.data_dir, meta = run['data_dir'], load_meta(run['data_dir'])
-        if tokenizer_sha256(meta) != vae_ck['tokenizer_sha256']:
-            raise SystemExit(f"error: the tokenizer in {self.data_dir} is not the one the VAE was trained with")
-        self.enc = get_tokenizer(meta, self.data_dir)
-        self.dit = TextDiT(DiTConfig(**ckpt['model_args']))
-        self.dit.load_state_dict(unwrap_state_dict(ckpt['ema'] or ckpt['model']))
-        self.dit.to(device).eval().requires_grad_(False)
-        self.mean, self.std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
-        self.times = dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'])
-        self.device = device
-        self.longest = min(self.dit.config.block_size, self.vae.config.block_size)  # context + new tokens
-        # bf16 as in training, where it is native (GPUs; CPUs with AVX512-BF16/AMX: there it is 2x faster too)
-        self.bf16 = run['dtype'] == 'bfloat16' and (device.startswith('cuda') or torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-    def autocast(self):
-        return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=self.bf16)
-
-    def encode(self, idx, lens):
-        """Token ids (B, T) with lengths (B,) -> normalised latent means (B, T, C)."""
-        return (self.vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0] - self.mean) / self.std
-
-    def decode(self, z, lens):
-        """Normalised latents (B, T, C) with lengths (B,) -> token ids (B, T), the most likely at each position."""
-        return self.vae.decode(z * self.std + self.mean, lengths_to_mask(lens, z.size(1))).argmax(-1)
-
 @torch.no_grad()
 def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=50, cfg=CFG, schedule='logit_normal', mean=0.0, std=1.5,
                    generator=None):
@@ -94,6 +57,43 @@ def generate(ldm, prompts, length, steps=50, cfg=CFG, seed=0):
         z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, **ldm.times,
                            generator=torch.Generator(device=ldm.device).manual_seed(seed))
     return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(ldm.decode(z, tgt_lens), lengths)]
+
+class LDM:
+    """A trained TextLDM: tokenizer, frozen VAE, DiT (EMA weights when present) and the latent statistics
+    and time distribution the DiT was trained with."""
+
+    def __init__(self, dit_dir, vae_ckpt=None, device='cpu'):
+        ckpt = load_checkpoint(os.path.join(dit_dir, 'ckpt.pt'), 'dit')
+        run = ckpt['config']  # the DiT's training run
+        vae_ckpt = vae_ckpt or run['vae_ckpt']
+        self.vae, vae_ck = load_vae(vae_ckpt, device)
+        if fingerprint(self.vae.state_dict()) != ckpt['vae_fingerprint']:
+            raise SystemExit(f"error: the DiT in {dit_dir} was trained on another VAE than {vae_ckpt}: "
+                             f"pass the VAE it was trained on with --vae_ckpt")
+        self.data_dir, meta = run['data_dir'], load_meta(run['data_dir'])
+        if tokenizer_sha256(meta) != vae_ck['tokenizer_sha256']:
+            raise SystemExit(f"error: the tokenizer in {self.data_dir} is not the one the VAE was trained with")
+        self.enc = get_tokenizer(meta, self.data_dir)
+        self.dit = TextDiT(DiTConfig(**ckpt['model_args']))
+        self.dit.load_state_dict(unwrap_state_dict(ckpt['ema'] or ckpt['model']))
+        self.dit.to(device).eval().requires_grad_(False)
+        self.mean, self.std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
+        self.times = dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'])
+        self.device = device
+        self.longest = min(self.dit.config.block_size, self.vae.config.block_size)  # context + new tokens
+        # bf16 as in training, where it is native (GPUs; CPUs with AVX512-BF16/AMX: there it is 2x faster too)
+        self.bf16 = run['dtype'] == 'bfloat16' and (device.startswith('cuda') or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    def autocast(self):
+        return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=self.bf16)
+
+    def encode(self, idx, lens):
+        """Token ids (B, T) with lengths (B,) -> normalised latent means (B, T, C)."""
+        return (self.vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0] - self.mean) / self.std
+
+    def decode(self, z, lens):
+        """Normalised latents (B, T, C) with lengths (B,) -> token ids (B, T), the most likely at each position."""
+        return self.vae.decode(z * self.std + self.mean, lengths_to_mask(lens, z.size(1))).argmax(-1)
 
 if __name__ == '__main__':
     out_dir = 'out/dit_tiny'  # the DiT's folder; its checkpoint names the VAE it was trained on

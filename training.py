@@ -22,8 +22,6 @@ def setup(device, dtype, backend, seed, gradient_accumulation_steps):
     autocast context. Returns a dict."""
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit("error: device is 'cuda' but no GPU is visible: pass --device=cpu")
-    if dtype not in ('float32', 'bfloat16'):  # float16 would need loss scaling (a GradScaler) not to underflow
-        raise SystemExit(f"error: dtype '{dtype}' is not float32 or bfloat16 (float16 would need loss scaling): use bfloat16")
     if gradient_accumulation_steps < 1:
         raise SystemExit(f"error: gradient_accumulation_steps must be at least 1, got {gradient_accumulation_steps}")
     ddp = int(os.environ.get('RANK', -1)) != -1

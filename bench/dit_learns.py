@@ -5,7 +5,7 @@ frequency (unigram) and a GPT trained for the same steps. Figures: the DiT's con
 (bench/context_gain.py: how much the true context lowers its flow loss against another window's, at
 t = 0.2 / 0.35 / 0.5), and eval.py's ROUGE-L, prompt-specific ROUGE-L and generative perplexity (under that
 GPT), each with its 95% bootstrap interval, and MAUVE, on the held-out wikipedia and literary splits.
-Results: bench/results/dit_learns.json and dit_learns.md (with the default trained twice as long).
+Results: bench/results/dit_learns.json and dit_learns.md (with the LONG levers trained twice as long).
 
     python bench/dit_learns.py                          # every lever (hours on 2 cores; resumable)
     python bench/dit_learns.py --levers=tokens --num_samples=100
@@ -57,8 +57,10 @@ LEVERS = {
     'tokens': ('tokens', {}, 'token head: score interpolation over per-token latents, cross-entropy'),
     'tokens_lr2': ('tokens_lr2', {}, 'token head, learning rate 2e-3'),
     'tokens_lr2_cfg4': ('tokens_lr2', {'cfg': 4.0}, 'token head, learning rate 2e-3, CFG 4'),
+    'tokens_cfg1': ('tokens', {'cfg': 1.0}, 'token head, no guidance'),
 }
 DEFAULT_LEVER = 'velocity_cfg8'  # the embedded default: its DiT at sample.CFG
+LONG = (DEFAULT_LEVER, 'tokens')  # also trained twice as long: what more compute buys
 
 
 CACHED_ONLY = False  # --cached_only=True: tabulate the finished runs, start none
@@ -140,7 +142,7 @@ def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve',
     return points
 
 def timed_alone(stage):
-    """The default `stage` ('vae' or 'dit') timed alone on the 2-core machine by bench/train_tiny.py (the runs
+    """The default `stage` ('vae', 'dit' or 'gpt') timed alone on the 2-core machine by bench/train_tiny.py (the runs
     here share the CPU, so their own clocks are not comparable): its bench/results/<stage>_tiny.json."""
     with open(os.path.join(ROOT, f'bench/results/{stage}_tiny.json')) as f:
         return json.load(f)
@@ -151,10 +153,12 @@ def write_keeping_reading(path, text):
     with open(path, 'w') as f:
         f.write(text + ('\n## Reading' + old[1] if len(old) > 1 else ''))
 
-def gain(dit_dir):
-    """bench/context_gain.py's table for a trained DiT (cached next to it) and its command."""
+def gain(dit_dir, judge):
+    """bench/context_gain.py's table for a trained DiT, with the GPT `judge` as its yardstick (cached next to
+    it), and its command."""
     out_file = f'{dit_dir}.gain.json'
-    command = run(['bench/context_gain.py', f'--out_dir={dit_dir}', f'--out_file={out_file}'], out_file, f'{dit_dir}.gain.log')
+    command = run(['bench/context_gain.py', f'--out_dir={dit_dir}', f'--gpt_dir={judge}', f'--out_file={out_file}'],
+                  out_file, f'{dit_dir}.gain.log')
     with open(os.path.join(ROOT, out_file)) as f:
         return dict(json.load(f), gain_command=command)
 
@@ -165,7 +169,7 @@ def lever(name, num_samples, iters, judge, shuffle=False, metrics=METRICS, spec=
     res = evaluate(name + (f'_{iters}' if iters != 500 else '') + ('_shuffle' if shuffle else ''),
                    ['--model=textldm', f'--out_dir={dit_dir}'] + overrides({'cfg': 2.0, **eval_over}), num_samples, judge,
                    shuffle, metrics)
-    return dict(res, what=what, context_gain=gain(dit_dir), **record)
+    return dict(res, what=what, context_gain=gain(dit_dir, judge), **record)
 
 BENCHES = ('wikipedia', 'literary')
 
@@ -206,21 +210,24 @@ if __name__ == '__main__':
             rows[name] = lever(name, num_samples, dit_iters, gpt)
         except NotRun as e:
             print(f'not run yet, left out: {name} ({e})')
-    # what more compute buys: the default DiT trained twice as long (config/dit_tiny_long.py, its schedule set for it)
-    long = {dit_iters: rows[DEFAULT_LEVER]}
-    try:
-        long[2 * dit_iters] = lever(DEFAULT_LEVER, num_samples, 2 * dit_iters, gpt)
-    except NotRun as e:
-        print(f'not run yet, left out: the default at {2 * dit_iters} steps ({e})')
+    # what more compute buys: DiTs trained twice as long (config/dit_tiny_long.py: the schedule set for it)
+    long = {}
+    for name in LONG:
+        try:
+            long[name] = {dit_iters: rows.get(name) or lever(name, num_samples, dit_iters, gpt),
+                          2 * dit_iters: lever(name, num_samples, 2 * dit_iters, gpt)}
+        except NotRun as e:
+            print(f'not run yet, left out: {name} at {2 * dit_iters} steps ({e})')
     with open(os.path.join(ROOT, 'bench/results/dit_learns.json'), 'w') as f:
         json.dump(dict(command='python bench/dit_learns.py ' + ' '.join(sys.argv[1:]), rows=rows, long_run=long), f, indent=1)
     minutes = lambda steps: timed_alone('vae')['minutes'] + steps * timed_alone('dit')['median_step_ms'] / 60e3
     text = (table(rows) + '\n\n' + '\n'.join(f"- {name}: {r['what']}" for name, r in rows.items()) +
             f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]; generative perplexity under the "
             f"same-budget GPT; sampled with CFG 2 unless the lever says. Commands: dit_learns.json.\n\n"
-            f"What more compute buys: the default ({DEFAULT_LEVER}) and the same DiT trained {2 * dit_iters} steps with its "
-            f"schedule set for them (config/dit_tiny_long.py); minutes = the VAE and the DiT's steps timed alone on the "
-            f"2-core CPU (bench/results/vae_tiny.json, dit_tiny.json)\n\n" +
-            table({f'{s} steps, {minutes(s):.0f} min': r for s, r in long.items()}, 'DiT steps') + '\n')
+            f"What more compute buys: {', '.join(LONG)} trained {2 * dit_iters} steps with the schedule set for them "
+            f"(config/dit_tiny_long.py); minutes = the VAE and the DiT's steps timed alone on the 2-core CPU "
+            f"(bench/results/vae_tiny.json, dit_tiny.json)\n\n" +
+            table({f'{name}, {s} steps, {minutes(s):.0f} min': r for name, runs in long.items() for s, r in runs.items()},
+                  'DiT, steps') + '\n')
     write_keeping_reading(os.path.join(ROOT, 'bench/results/dit_learns.md'), text)
     print(text)

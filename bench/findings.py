@@ -1,5 +1,5 @@
 """
-The paper's findings, reproduced at CPU scale on the embedded benchmarks (METHOD.md section 4), with the
+The paper's findings, reproduced at CPU scale on the embedded benchmarks (eval.py's text-continuation protocol), with the
 runs of bench/dit_learns.py (same seeds, same data, every DiT 500 steps unless said):
   1. REPA on vs off: the VAE's reconstruction and the generation of a DiT trained on each latent space;
   2. TextLDM vs the GPT baseline at the same training tokens and at the same wall-clock;
@@ -82,9 +82,9 @@ if __name__ == '__main__':
 
     default = arm_lever(f'{DEFAULT}_cfg{CFG:g}', n, 500, gpt)  # the embedded default samples with sample.CFG
     res['repa'] = {'REPA on': arm_lever(DEFAULT, n, 500, gpt), 'REPA off': arm(arm_lever, 'norepa', n, 500, gpt)}
-    # the GPT steps that take the VAE's and DiT's minutes (whole scripts), all timed alone on the 2-core
-    # machine: the GPT's median step was 501 ms (python bench/train_tiny.py gpt)
-    wall_iters = 50 * round((timed_alone('vae')['minutes'] + timed_alone('dit')['minutes']) * 60 / 0.501 / 50)
+    # the GPT steps that take the VAE's and DiT's minutes (whole scripts), all timed alone by bench/train_tiny.py
+    gpt_step_s = timed_alone('gpt')['median_step_ms'] / 1000
+    wall_iters = 50 * round((timed_alone('vae')['minutes'] + timed_alone('dit')['minutes']) * 60 / gpt_step_s / 50)
     wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
     res['ar'] = {f'TextLDM (VAE 350 + DiT 500 steps, CFG {CFG:g})': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),

@@ -1,5 +1,5 @@
 # The embedded default on a 2-core CPU: BPE-4096 tokens, d=256, 2+2 layers, C=16, REPA to MiniLM,
-# decoder noise (bench/results/dit_learns.md: what made the small DiT's text beat the floors).
+# and decoder noise, so that the decoder reads a DiT's imprecise samples as words.
 # python vae_train.py config/vae_tiny.py
 out_dir = 'out/vae_tiny'
 data_dir = 'data/embedded'
