@@ -21,7 +21,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from sample import CFG  # noqa: E402
 
 OUT = 'out/lev'
 # the latents: VAE name -> vae_train.py overrides of config/vae_tiny.py (the default: REPA on the encoder
