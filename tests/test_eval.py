@@ -1,12 +1,15 @@
 """eval.py: the split of a sample, the metrics on texts whose answer is known, the benchmark loaders on
-local stand-ins, every kind of model end to end at tiny sizes, repeatability and bad input."""
+local stand-ins, every kind of model of baselines.py end to end at tiny sizes, the table, repeatability and
+bad input."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
-import eval as ev
+import baselines
+import eval as ev  # not as `eval`: the builtin stays
 from conftest import make_docs, run_script
 from data import get_tokenizer, load_meta
 from test_gpt import TINY_GPT
@@ -71,7 +74,7 @@ def test_prompt_specific_rouge_of_the_floor_and_the_ceiling(tiny_data, tmp_path)
     rng = np.random.default_rng(1)
     texts = [' '.join(rng.choice(words, size=rng.integers(5, 60))) + '.' for _ in range(150)]
     (tmp_path / 'lm1b.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
-    gen, encode, decode, _ = ev.load_model('unigram', '', 'cpu', tiny_data)
+    gen, encode, decode, _ = baselines.load_model('unigram', '', 'cpu', tiny_data)
     rng = np.random.default_rng(0)
     samples = ev.make_samples(ev.documents('lm1b', rng, tiny_data, str(tmp_path)), encode, decode, 32, 150, 8, rng)
     prompts, targets, lengths, _ = map(list, zip(*samples))
@@ -132,6 +135,18 @@ def test_hf_benchmark_loaders_read_local_stand_ins(tmp_path):
     with pytest.raises(SystemExit, match='no lm1b.parquet or lm1b.jsonl in /nonexistent'):
         next(ev.documents('lm1b', None, '', '/nonexistent'))
 
+def test_table_has_a_row_per_run_and_a_column_per_figure_of_any_run(tmp_path):
+    from table import save_run
+    (tmp_path / 'notes.json').write_text('{"other": 1}')  # not an eval JSON: no row
+    b = dict(label='b', window=32, results={'wikipedia': {'n': 4, 'rougeL': 12.345, 'genppl': 123456.0}})
+    a = dict(label='a (out/x)', window=128, results={'wikipedia': {'rougeL': 50.0}, 'literary': {'mauve': 7.0}})
+    save_run(f'{tmp_path}/b.json', b)
+    path = save_run(f'{tmp_path}/a.json', a)  # rows by file name, columns in the order of the benchmarks' first runs
+    assert path == f'{tmp_path}/table.md' and json.load(open(f'{tmp_path}/b.json'))['results']['wikipedia']['n'] == 4
+    assert open(path).read().splitlines()[:4] == [
+        '| model | window | wikipedia ROUGE-L | wikipedia gen. PPL | literary MAUVE |', '|---|---|---|---|---|',
+        '| a (out/x) | 128 | 50.0 |  | 7.0 |', '| b | 32 | 12.3 | 1.23e+05 |  |']
+
 @pytest.fixture(scope='module')
 def hf_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('hf')
@@ -146,10 +161,12 @@ def run_eval(*args):
 def test_same_seed_gives_the_same_numbers(tiny_data, hf_dir, tmp_path):
     args = ['--model=unigram', f'--data_dir={tiny_data}', f'--hf_local_dir={hf_dir}', '--benchmarks=wikipedia,literary,tinystories',
             '--num_samples=12', '--block_size=32']
-    for run in ('a', 'b'):
-        run_eval(*args, f'--out_file={tmp_path}/{run}/unigram.json')
+    run_eval(*args, f'--out_file={tmp_path}/a/unigram.json')
     ref = f'{tmp_path}/a/reference.json'
-    run_eval(*args, '--model=reference', '--benchmarks=wikipedia', f'--out_file={ref}', '--metrics=rouge,bertscore')
+    with ThreadPoolExecutor(2) as pool:  # the repeat and the reference side by side (less wall time)
+        list(pool.map(lambda more: run_eval(*args, *more), [
+            [f'--out_file={tmp_path}/b/unigram.json'],
+            ['--model=reference', '--benchmarks=wikipedia', f'--out_file={ref}', '--metrics=rouge,bertscore']]))
     a, b = (json.load(open(f'{tmp_path}/{run}/unigram.json'))['results'] for run in 'ab')
     assert a == b and set(a['literary']) >= {'n', 'rouge1', 'rouge2', 'rougeL', 'mauve', 'bertscore'}
     assert a['literary']['n'] == a['tinystories']['n'] == 12  # 3 plays and 8 stories: later windows fill up
@@ -177,7 +194,7 @@ def test_pretrained_gpt2_path_with_a_tiny_local_gpt2(tiny_data, hf_dir, tmp_path
     tok.save_pretrained(tmp_path / 'gpt2')
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
                                eos_token_id=0)).save_pretrained(tmp_path / 'gpt2')
-    gen, encode, decode, context = ev.load_model('gpt2', str(tmp_path / 'gpt2'), 'cpu', tiny_data)
+    gen, encode, decode, context = baselines.load_model('gpt2', str(tmp_path / 'gpt2'), 'cpu', tiny_data)
     assert context == 48
     prompts, lengths = ['the river and the', 'ACT 1. Scene I. A room. ' * 5], [5, 30]  # prompt + 30 > 48: keeps its end
     a = gen(prompts, lengths, seed=0)

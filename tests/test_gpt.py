@@ -1,5 +1,5 @@
 """The autoregressive baseline: the GPT model, its KV-cache sampler, ar_train.py end to end and the
-sampling entry for evaluation (training.load_gpt, training.gpt_generate)."""
+sampling entry for evaluation (baselines.load_gpt, baselines.gpt_generate)."""
 import re
 
 import pytest
@@ -78,7 +78,7 @@ def test_ar_train_learns_resumes_and_samples(tiny_data, tmp_path):
     assert sum(a[-10:]) < sum(a[:10]) and val[-1] < 0.6 * val[0]  # next-token loss goes down (ln 300 = 5.7 at first)
     assert same_weights(f'{tmp_path}/a', f'{tmp_path}/b')
 
-    from training import load_gpt, gpt_generate
+    from baselines import gpt_generate, load_gpt
     model, enc = load_gpt(f'{tmp_path}/a', 'cpu')
     # prompts of different lengths, and one twice with another length (sampled together, trimmed apart)
     prompts, lengths = ['the river', 'the king and the queen of the city', 'war', 'the river'], [5, 8, 3, 2]
@@ -105,7 +105,7 @@ def test_gpt_generate_bad_input(tiny_data):
     from data import get_tokenizer, load_meta
     enc = get_tokenizer(load_meta(tiny_data), tiny_data)
     model = tiny_gpt()
-    from training import gpt_generate
+    from baselines import gpt_generate
     with pytest.raises(SystemExit, match='non-empty prompt'):
         gpt_generate(model, enc, ['the', ''], 4)
     with pytest.raises(SystemExit, match='between 1 and 63'):
