@@ -1,15 +1,15 @@
 """The command line, in-process: `--key value` as well as `--key=value`, the ranges of every number, the device,
-and every command line of README.md parsed as written by the real configurator of its script."""
+config files, and every command line of README.md parsed as written by the real configurator of its script;
+through the real scripts, a mistake is one line and creates nothing."""
 import glob
 import os
 import re
-import shlex
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import README_SAMPLE, ROOT, one_line_error, readme_commands, run_main, run_script
 
 SCRIPTS = ['vae_train.py', 'dit_train.py', 'ar_train.py', 'sample.py', 'eval.py', 'prepare_data.py']
 
@@ -81,11 +81,17 @@ def test_mistakes_in_the_space_form_get_the_same_lines(monkeypatch):
     ('sample.py', '--cfg=-1', 'cfg must be at least 0, got -1.0'),
     ('sample.py', '--cfg=1e999', 'cfg must be a finite number, got inf'),
     ('dit_train.py', '--t_mean=-1e999', 't_mean must be a finite number, got -inf'),
-    ('vae_train.py', '--device=foo', "device 'foo' is not one of cpu, cuda, cuda:N"),  # sample.py, dit_train.py: test_hardening
+    ('vae_train.py', '--device=foo', "device 'foo' is not one of cpu, cuda, cuda:N"),
+    # text options and their choices; float16 is refused (it would need loss scaling)
+    *[(s, '--dtype=float16', "dtype must be one of float32, bfloat16, got 'float16'") for s in ['vae_train.py', 'dit_train.py', 'ar_train.py']],
+    ('dit_train.py', '--head=logits', "head must be one of velocity, tokens, got 'logits'"),
+    ('dit_train.py', '--t_schedule=cosine', "t_schedule must be one of logit_normal, uniform, got 'cosine'"),
+    ('vae_train.py', '--init_from=resum', "init_from must be one of scratch, resume, got 'resum'"),
+    ('ar_train.py', '--backend=mpi', "backend must be one of auto, nccl, gloo, got 'mpi'"),
     ('ar_train.py', '--device=cuda:x', "device 'cuda:x' is not one of cpu, cuda, cuda:N"),
     ('eval.py', '--device=meta', "device 'meta' is not one of cpu, cuda, cuda:N"),
 ])
-def test_a_number_out_of_its_range_or_a_bad_device_is_one_line(monkeypatch, script, arg, message):
+def test_a_number_out_of_its_range_a_bad_choice_or_a_bad_device_is_one_line(monkeypatch, script, arg, message):
     assert refused(script, [arg], monkeypatch) == 'error: ' + message
 
 def test_the_device_must_be_on_this_machine(monkeypatch):
@@ -98,7 +104,18 @@ def test_the_device_must_be_on_this_machine(monkeypatch):
     assert refused('ar_train.py', ['--device=cuda:2'], monkeypatch) == \
         "error: device 'cuda:2' does not exist: this machine has 2 GPU(s), cuda:0 and up"
 
-def test_every_default_and_config_file_is_in_range_and_every_range_has_its_key(monkeypatch):
+@pytest.mark.parametrize('source, message', [
+    ('seed = (\n', "does not run: SyntaxError: '(' was never closed"),
+    ("seed = 'three'\n", "'seed' in config file '{cfg}' expects int (like 1337), got 'three'"),
+    ('sed = 3\n', "config file '{cfg}' sets unknown key 'sed': did you mean 'seed'?"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, monkeypatch, source, message):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text(source)
+    error = refused('prepare_data.py', [str(cfg)], monkeypatch)
+    assert error.startswith('error: ') and '\n' not in error and message.format(cfg=cfg) in error
+
+def test_every_default_and_config_file_is_in_range_and_every_range_and_choice_has_its_key(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # config files for GPUs
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 8)
     keys = set()
@@ -110,28 +127,12 @@ def test_every_default_and_config_file_is_in_range_and_every_range_has_its_key(m
         script = next(s for p, s in [('vae', 'vae_train.py'), ('dit', 'dit_train.py'), ('gpt', 'ar_train.py'),
                                      ('eval', 'eval.py')] if name.startswith(p))
         config_of(script, [f'config/{name}'], monkeypatch)
-    stale = set(ns['_RANGES']) - keys  # a typo in the table would check nothing
-    assert not stale, f"configurator._RANGES has keys that no script defines (a typo, or an option removed): {stale}"
+    for table in ('_RANGES', '_CHOICES'):
+        stale = set(ns[table]) - keys  # a typo in the table would check nothing
+        assert not stale, f"configurator.{table} has keys that no script defines (a typo, or an option removed): {stale}"
 
 # -----------------------------------------------------------------------------
 # README.md's command lines, as written
-
-README_SAMPLE = 'python sample.py --prompt "The river" --length 48 --num_samples 3'
-
-def readme_commands():
-    """Each command line in README.md (```sh blocks and `inline code`) that runs a script of the project:
-    (the line, the script, its arguments). Templates (with `...`) are left out."""
-    text = open(os.path.join(ROOT, 'README.md')).read()
-    lines = [line for block in re.findall(r'```sh\n(.*?)```', text, re.S) for line in block.splitlines()]
-    lines += re.findall(r'`((?:python|torchrun) [^`]*)`', text)
-    out = []
-    for line in lines:
-        words = shlex.split(line, comments=True)
-        if not words or words[0] not in ('python', 'torchrun') or '-m' in words[:2] or '...' in words:
-            continue
-        at = next(i for i, w in enumerate(words) if w.endswith('.py'))  # after torchrun's own flags
-        out.append((line.split('#')[0].strip(), words[at], words[at + 1:]))
-    return out
 
 def test_every_readme_command_line_is_accepted_as_written(monkeypatch):
     commands = readme_commands()
@@ -145,3 +146,26 @@ def test_every_readme_command_line_is_accepted_as_written(monkeypatch):
             config_of(script, args, monkeypatch)
     ns = config_of('sample.py', next(args for line, _, args in commands if line == README_SAMPLE), monkeypatch)
     assert (ns['prompt'], ns['length'], ns['num_samples']) == ('The river', 48, 3)
+
+# -----------------------------------------------------------------------------
+# through the real scripts: one line, and nothing on disk (a run that never ends would hang the test)
+
+TRAINERS = ['vae_train.py', 'dit_train.py', 'ar_train.py']
+
+@pytest.mark.parametrize('script, args, message', [
+    pytest.param('sample.py', ['--device=cuda'], "device is 'cuda' but no GPU is visible: pass --device=cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU is visible')),
+    *[(s, ['--device=foo'], "device 'foo' is not one of cpu, cuda, cuda:N") for s in ['sample.py', 'dit_train.py']],
+    *[(s, ['--batch_size=0'], 'batch_size must be at least 1, got 0') for s in TRAINERS],
+    *[(s, ['--max_iters=-5'], 'max_iters must be at least 0, got -5') for s in ['dit_train.py', 'ar_train.py']],
+])
+def test_a_bad_number_or_device_is_one_line_and_creates_nothing(tiny_data, tmp_path, script, args, message):
+    data = [] if script == 'sample.py' else [f'--data_dir={tiny_data}']
+    one_line_error(run_main(script, *data, f'--out_dir={tmp_path}/out', *args), message)
+    assert not os.path.exists(tmp_path / 'out')
+
+@pytest.mark.parametrize('script', ['dit_train.py', 'ar_train.py', 'prepare_data.py'])
+def test_a_mistake_is_one_line_in_a_process_of_its_own(tmp_path, script):
+    """As a user sees it: the real process's whole stderr (warnings at import would be lines too)."""
+    one_line_error(run_script(script, f'--out_dir={tmp_path}/out', '--seed=-1'), 'seed must be at least 0, got -1')
+    assert not os.path.exists(tmp_path / 'out')

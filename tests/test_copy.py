@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import DiTConfig, TextDiT, lengths_to_mask, masked_mean, pack_segments, take_segment
-from sample import sample_latents, sample_t
+from model import DiTConfig, TextDiT, flow_time, lengths_to_mask, masked_mean, pack_segments, take_segment
+from sample import sample_latents
 
 V, C, L = 16, 8, 8
 
@@ -30,7 +30,7 @@ def train_copy(head, iters=150, batch_size=32, p_drop_context=0.1, lr=3e-3, seed
         x1 = E[tokens]  # the target's latents; the context's are the same
         drop = torch.rand(batch_size, generator=g) < p_drop_context
         zc = x1 * (~drop)[:, None, None]  # the null condition of CFG: zero context vectors
-        t = sample_t(batch_size, 'logit_normal', 0.0, 1.5, g)
+        t = flow_time(torch.rand(batch_size, generator=g), 'logit_normal', 0.0, 1.5)  # as dit_train.py draws it
         x0 = torch.randn(x1.shape, generator=g)
         xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
         x, is_target, mask = pack_segments(zc, lens, xt, lens)
@@ -53,19 +53,10 @@ def copy_accuracy(dit, E, ctx_tokens, tokens, cfg, steps=10, seed=1):
     nearest = ((z[:, :, None, :] - E) ** 2).sum(-1).argmin(-1)  # (B, L)
     return (nearest == tokens).float().mean().item()
 
-@pytest.fixture
-def one_thread():
-    # tensors this small gain nothing from a second thread, and two threads on a busy 2-core machine spin
-    # and wait on each other for minutes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # 4-6 s each on one core (training is most of it); untrained, either head copies 5% (chance). The token head learns the copy a
 # little later: at 150 steps it copies 96-100% over seeds 0-2, at 200 steps 99-100% (the velocity head 100% at 150)
 @pytest.mark.parametrize('head, iters', [('velocity', 150), ('tokens', 200)])
-def test_dit_copies_its_context_and_not_another_rows(head, iters, one_thread):
+def test_dit_copies_its_context_and_not_another_rows(head, iters):
     dit, E = train_copy(head, iters)
     tokens = torch.randint(V, (64, L), generator=torch.Generator().manual_seed(123))  # fresh windows
     other = tokens.roll(1, 0)  # each row gets the next row's context

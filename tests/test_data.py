@@ -1,4 +1,6 @@
-"""prepare_data.py and data.py on tiny hand-made documents (the real packages only where they are cached)."""
+"""prepare_data.py and data.py on tiny hand-made documents (the real packages only where they are cached): the
+tokenizer round-trips any text, windows stay inside documents, and broken data stops a training script with one
+line before it creates anything."""
 import json
 import os
 import shutil
@@ -9,23 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+
+import prepare_data as P
+from conftest import CFG, TEXT, TINY_VAE, make_docs, one_line_error, run_main
+from data import TokenData, get_tokenizer, load_meta, tokenizer_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import prepare_data as P  # noqa: E402
-from data import TokenData, get_tokenizer, load_meta, tokenizer_sha256  # noqa: E402
-from conftest import CFG, make_docs  # noqa: E402
-
 CACHE = ROOT / 'data' / 'cache'
 TRICKY = ['', ' ', '\n\n\t ', 'Hello world', '  two  spaces ', 'naïve café — “quotes”', '日本語のテキスト',
           'emoji 🙂👩‍👩‍👧 flags 🇫🇷', 'tab\tend\r\n', 'zero\u200bwidth', '<|endoftext|> as plain text', "don't I'll"]
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp('data') / 'tiny'
-    docs = make_docs()
-    meta = P.prepare(str(out), CFG, str(CACHE), num_proc=1, docs=docs)
-    return out, meta, docs
+def tiny(tiny_data):
+    """The shared prepared folder (copy it to change it), its meta.json and its documents."""
+    return Path(tiny_data), load_meta(tiny_data), make_docs()
+
+@pytest.fixture(scope='module')
+def tokenizer(tiny_data):
+    return get_tokenizer(load_meta(tiny_data), tiny_data)
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXT)
+def test_the_tokenizer_round_trips_any_text(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode_ordinary(text)) == text
 
 def test_bpe_round_trip_is_exact(tiny):
     out, meta, _ = tiny
@@ -139,8 +148,7 @@ def test_broken_data_is_refused(tiny, tmp_path):
     copy = tmp_path / 'tok'
     shutil.copytree(out, copy)
     assert tokenizer_sha256(meta) == meta['tokenizer']['sha256']
-    ranks = (copy / 'tokenizer.tiktoken').read_bytes().splitlines(keepends=True)
-    (copy / 'tokenizer.tiktoken').write_bytes(b''.join(ranks[:-2] + ranks[-1:] + ranks[-2:-1]))  # two ranks swapped
+    swap_two_ranks(copy / 'tokenizer.tiktoken')
     with pytest.raises(SystemExit, match='sha256'):
         get_tokenizer(meta, copy)
     (copy / 'tokenizer.tiktoken').unlink()
@@ -205,3 +213,40 @@ def test_real_embedded_sources():
     assert len(wiki) == 10033 and all(d['text'] for d in wiki)
     assert len(lit) > 700 and not any('Gutenberg' in d['text'] or '\r' in d['text'] for d in lit)
     assert sum(d['title'].startswith('hamlet,') for d in lit) > 10  # the plays are cut at scenes
+
+# -----------------------------------------------------------------------------
+# broken data through a real training script: one line, and nothing created
+
+def swap_two_ranks(tokenizer_file):
+    ranks = tokenizer_file.read_bytes().splitlines(keepends=True)
+    tokenizer_file.write_bytes(b''.join(ranks[:-2] + ranks[-1:] + ranks[-2:-1]))
+
+@pytest.mark.parametrize('how, message', [
+    ('truncated', '/train.bin has 100 bytes but meta.json says'),
+    ('tokenizer', '/tokenizer.tiktoken is not the tokenizer that'),
+])
+def test_broken_data_stops_a_training_script_with_one_line(tiny_data, tmp_path, how, message):
+    data = shutil.copytree(tiny_data, tmp_path / 'data')
+    if how == 'truncated':
+        with open(data / 'train.bin', 'r+b') as f:
+            f.truncate(100)
+    else:
+        swap_two_ranks(data / 'tokenizer.tiktoken')
+    one_line_error(run_main('vae_train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/out', '--repa_weight=0', *TINY_VAE), message)
+    assert not (tmp_path / 'out').exists()
+
+def test_an_out_of_range_token_id_far_from_both_ends_is_one_line_and_creates_nothing(tiny_data, tmp_path):
+    data = shutil.copytree(tiny_data, tmp_path / 'data')
+    meta = json.loads((data / 'meta.json').read_text())
+    n = 3 << 20  # a document of 3M tokens, its bad id more than a million tokens from either end of train.bin
+    long = np.ones(n, dtype=meta['dtype'])
+    long[n // 2] = meta['vocab_size']
+    with open(data / 'train.bin', 'ab') as f:
+        f.write(long.tobytes())
+    docs = np.load(data / 'train_docs.npy')
+    np.save(data / 'train_docs.npy', np.append(docs, docs[-1] + n))
+    meta['splits']['train'] = dict(tokens=meta['splits']['train']['tokens'] + n, docs=meta['splits']['train']['docs'] + 1)
+    (data / 'meta.json').write_text(json.dumps(meta))
+    one_line_error(run_main('vae_train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/out', '--repa_weight=0', *TINY_VAE),
+                   f"train.bin has token id {meta['vocab_size']} at position {docs[-1] + n // 2}, but vocab_size is")
+    assert not (tmp_path / 'out').exists()

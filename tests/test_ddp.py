@@ -8,9 +8,7 @@ import socket
 import pytest
 import torch
 
-from conftest import run_script
-from test_gpt import TINY_GPT
-from test_train import TINY_DIT, TINY_VAE, iter_losses, ok
+from conftest import TINY_DIT, TINY_GPT, TINY_VAE, iter_losses, ok, run_main, run_script
 
 def torchrun(*args):
     with socket.socket() as s:  # a free port for the rendezvous
@@ -20,24 +18,19 @@ def torchrun(*args):
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
-    # what torchrun gives each process; the single process gets it too, so matrix products sum in the same order
+    # what torchrun gives each process; the single process (this one, where tests/conftest.py sets one torch
+    # thread) has it too, so matrix products sum in the same order
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-
-@pytest.fixture(scope='module')
-def vae_ckpt(tiny_data, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp('vae'))
-    ok(run_script('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={out}', '--max_iters=2', '--eval_interval=2',
-                  '--repa_weight=0', *TINY_VAE))
-    return f'{out}/ckpt.pt'
+    assert torch.get_num_threads() == 1
 
 @pytest.mark.parametrize('script', ['vae_train.py', 'dit_train.py', 'ar_train.py'])
 def test_two_ranks_train_as_two_micro_steps(script, tiny_data, tmp_path, request):
     args = {'vae_train.py': ['--repa_weight=0', *TINY_VAE],
-            'dit_train.py': [f"--vae_ckpt={request.getfixturevalue('vae_ckpt')}", *TINY_DIT],
+            'dit_train.py': [f"--vae_ckpt={request.getfixturevalue('vae_dir')}/ckpt.pt", *TINY_DIT],
             'ar_train.py': TINY_GPT}[script]
     args = [script, f'--data_dir={tiny_data}', '--eval_interval=2', '--lr_decay_iters=4', *args]
     ddp = iter_losses(ok(torchrun(*args, f'--out_dir={tmp_path}/a', '--max_iters=4')))
-    single = iter_losses(ok(run_script(*args, f'--out_dir={tmp_path}/b', '--max_iters=2', '--gradient_accumulation_steps=2')))
+    single = iter_losses(ok(run_main(*args, f'--out_dir={tmp_path}/b', '--max_iters=2', '--gradient_accumulation_steps=2')))
     resumed = iter_losses(ok(torchrun(*args, f'--out_dir={tmp_path}/b', '--max_iters=4', '--init_from=resume')))
     assert len(ddp) == 4 and single + resumed == pytest.approx(ddp, abs=1.5e-4)  # the log's 4 decimals
     wa = torch.load(f'{tmp_path}/a/ckpt.pt', weights_only=True)['model']

@@ -1,11 +1,18 @@
-"""The flow sampler: its time grid, its guidance, and its accuracy on a flow known in closed form."""
+"""The flow sampler: its time grid (the training's time distribution), its guidance, and its accuracy on a flow
+known in closed form; the trained TextLDM (sample.LDM) and sample.py end to end: any prompt, a prompt too long,
+the README's lines, and bad input."""
 import math
+import re
+import shlex
 from statistics import NormalDist
 
+import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-from model import TextDiT
-from sample import time_grid, sample_latents, sample_t
+from conftest import README_SAMPLE, TEXT, ok, one_line_error, readme_commands, run_main, run_script
+from model import TextDiT, flow_time
+from sample import LDM, generate, sample_latents
 
 class GaussianFlow(torch.nn.Module):
     """The exact velocity E[x1 - x0 | x_t] for data x1 ~ N(m, s^2) (per channel) and x0 ~ N(0, 1):
@@ -15,7 +22,7 @@ class GaussianFlow(torch.nn.Module):
     def __init__(self, m, s, channels):
         super().__init__()
         self.m, self.s = m, s
-        self.cfg = type('cfg', (), {'latent_channels': channels, 'vocab_size': 0})
+        self.config = type('config', (), {'latent_channels': channels, 'vocab_size': 0})
 
     forward_with_cfg = TextDiT.forward_with_cfg  # the real guidance
 
@@ -25,20 +32,28 @@ class GaussianFlow(torch.nn.Module):
         m, t = self.m + shift, t[:, None, None]
         return m + (t * self.s ** 2 - (1 - t)) / (t ** 2 * self.s ** 2 + (1 - t) ** 2) * (x - t * m)
 
-def test_time_grid_is_monotone_from_noise_to_data():
+# -----------------------------------------------------------------------------
+# the time distribution and the sampler
+
+def test_the_sampler_time_grid_is_monotone_from_noise_to_data():
+    grid = lambda steps, *a: flow_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), *a)
     for schedule in ('logit_normal', 'uniform'):
-        t = time_grid(50, schedule)
+        t = grid(50, schedule)
         assert len(t) == 51 and t[0] == 0 and t[-1] == 1 and (t[1:] > t[:-1]).all()
-    # the logit-normal grid puts its steps where training put its timesteps: its median is t = 0.5
-    t = time_grid(50)
+    # the logit-normal grid puts its steps where training puts its timesteps: its median is t = sigmoid(mean)
+    t = grid(50)
     assert abs(t[25].item() - 0.5) < 1e-9
     expected = 1 / (1 + math.exp(-1.5 * NormalDist().inv_cdf(1 / 50)))
     assert abs(t[1].item() - expected) < 1e-9
+    assert abs(grid(50, 'logit_normal', 1.0, 1.5)[25].item() - 1 / (1 + math.exp(-1.0))) < 1e-9
 
-def test_logit_normal_timesteps():
-    t = sample_t(200000, 'logit_normal', 0.0, 1.5, torch.Generator().manual_seed(0))
+def test_training_timesteps_are_logit_normal():
+    """What dit_train.py draws: flow_time of uniform quantiles."""
+    t = flow_time(torch.rand(200000, generator=torch.Generator().manual_seed(0)), 'logit_normal', 0.5, 1.5)
     logit = torch.log(t / (1 - t))
-    assert abs(logit.mean().item()) < 0.02 and abs(logit.std().item() - 1.5) < 0.02
+    assert abs(logit.mean().item() - 0.5) < 0.02 and abs(logit.std().item() - 1.5) < 0.02
+    u = flow_time(torch.rand(200000, generator=torch.Generator().manual_seed(0)), 'uniform')
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
 
 def test_sampler_lands_on_the_gaussian_data_distribution():
     flow = GaussianFlow(m=2.0, s=0.5, channels=4)
@@ -57,3 +72,76 @@ def test_guidance_scale_1_is_conditional_and_0_is_unconditional():
     assert torch.allclose(run(ctx, 0.0), run(torch.zeros_like(ctx), 1.0), atol=1e-6)  # null = zero context
     # w = 3 extrapolates: the unconditional plus 3 times the context's pull
     assert torch.allclose(run(ctx, 3.0), run(ctx, 0.0) + 15.0, atol=1e-3)
+
+# -----------------------------------------------------------------------------
+# the trained TextLDM
+
+@pytest.fixture(scope='module')
+def ldm(dit_dir):
+    return LDM(dit_dir)
+
+def test_ldm_loads_what_the_dit_was_trained_with(ldm, dit_dir, vae_dir, tiny_data):
+    ckpt = torch.load(f'{dit_dir}/ckpt.pt', weights_only=True)
+    vae_ck = torch.load(f'{vae_dir}/ckpt.pt', weights_only=True)
+    run = ckpt['config']
+    assert ldm.times == dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'])
+    assert torch.equal(ldm.mean, vae_ck['latent_mean']) and torch.equal(ldm.std, vae_ck['latent_std'])
+    assert ldm.longest == 64 and ldm.data_dir == tiny_data and not ldm.bf16  # trained in float32
+    assert not ldm.dit.training and not ldm.vae.training
+    ema = ckpt['ema'] or ckpt['model']
+    assert all(torch.equal(v, ema[k]) for k, v in ldm.dit.state_dict().items())  # the EMA weights when there are
+    # encode -> normalised latents of the prompt; decode -> token ids of the latents' length
+    idx = torch.tensor([ldm.enc.encode_ordinary('the river king queen')])
+    lens = torch.tensor([idx.size(1)])
+    z = ldm.encode(idx, lens)
+    assert z.shape == (1, idx.size(1), ldm.vae.config.latent_channels)
+    assert ldm.decode(z, lens).shape == idx.shape
+
+def test_generate_checks_the_length_and_reproduces_from_the_seed(ldm):
+    for bad in (0, 65, [4, 0], [4, 65]):
+        with pytest.raises(SystemExit, match=re.escape(f'--length must be between 1 and 64 tokens for this model, got {bad}')):
+            generate(ldm, ['the river'] * (len(bad) if isinstance(bad, list) else 1), bad, steps=2)
+    prompts = ['the river', 'king', '']
+    a = generate(ldm, prompts, [3, 64, 5], steps=2, seed=1)
+    assert a == generate(ldm, prompts, [3, 64, 5], steps=2, seed=1) and len(a) == 3
+    assert a != generate(ldm, prompts, [3, 64, 5], steps=2, seed=2)
+
+@settings(max_examples=25, deadline=None)
+@given(prompt=TEXT, length=st.integers(1, 32))
+def test_generate_survives_any_prompt(ldm, prompt, length):
+    texts = generate(ldm, [prompt, ''], length, steps=2)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+# -----------------------------------------------------------------------------
+# sample.py
+
+def test_sample_keeps_the_end_of_a_long_prompt(dit_dir):
+    out = ok(run_main('sample.py', f'--out_dir={dit_dir}', '--prompt=' + 'the river king ' * 40, '--length=8', '--steps=2'))
+    assert 'warning: a prompt is longer than the context' in out and '--- sample 1/1' in out
+
+def test_sample_takes_any_text_as_the_prompt(dit_dir):
+    out = ok(run_main('sample.py', f'--out_dir={dit_dir}', '--prompt=1984', '--length=4', '--steps=2'))
+    assert "prompt: '1984'" in out and '1984 >>> ' in out  # not refused as an int
+
+@pytest.mark.parametrize('line', [README_SAMPLE, 'python sample.py'])
+def test_the_readme_sample_lines_run_as_written(dit_dir, line):
+    assert line in [c[0] for c in readme_commands()]
+    out = ok(run_main(*shlex.split(line)[1:], '--out_dir', dit_dir))  # the tiny DiT instead of out/dit_tiny
+    if line == README_SAMPLE:
+        assert "prompt: 'The river'" in out and out.count('The river >>> ') == 3
+    else:
+        assert 'unconditional' in out and out.count('--- sample') == 1
+
+@pytest.mark.parametrize('args, message', [
+    # --length=0, --steps=0, --cfg=-1, --cfg=1e999, --num_samples=0: the configurator's ranges (tests/test_configurator.py)
+    (['--length=100000'], '--length must be between 1 and 64 tokens for this model, got 100000'),
+    (['--out_dir=/nonexistent'], 'no checkpoint at /nonexistent/ckpt.pt'),
+])
+def test_sample_bad_input_is_one_clear_line(dit_dir, args, message):
+    one_line_error(run_main('sample.py', f'--out_dir={dit_dir}', *args), message)
+
+def test_a_prompt_that_is_not_utf8_is_one_line(dit_dir):
+    # a byte that is not UTF-8 reaches Python's argv as a lone surrogate, which a strict UTF-8 stdout cannot print:
+    # only a process of its own gets its arguments as bytes
+    one_line_error(run_script('sample.py', f'--out_dir={dit_dir}', b'--prompt=caf\xff'),
+                   "--prompt is not UTF-8 text (character 3 is '\\udcff'")
