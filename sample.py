@@ -46,7 +46,8 @@ def generate(ldm, prompts, length, steps=50, cfg=CFG, seed=0):
     ids = [ldm.enc.encode_ordinary(p) for p in prompts]
     room = [min(ldm.dit.config.block_size - n, ldm.vae.config.block_size) for n in lengths]
     if any(len(i) > r for i, r in zip(ids, room)):
-        print("warning: a prompt is longer than the context this model has beside the new tokens: keeping its end")
+        print("warning: a prompt is longer than the context this model has beside the new tokens: keeping its end"
+              + (" (none of it: the new tokens fill the context)" if any(r == 0 < len(i) for i, r in zip(ids, room)) else ""))
         ids = [i[len(i) - r:] if len(i) > r else i for i, r in zip(ids, room)]
     ctx_lens, tgt_lens = torch.tensor([len(i) for i in ids], device=ldm.device), torch.tensor(lengths, device=ldm.device)
     idx = torch.zeros(len(ids), max(1, int(ctx_lens.max())), dtype=torch.long, device=ldm.device)

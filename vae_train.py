@@ -77,15 +77,14 @@ device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
 enc = get_tokenizer(meta, data_dir)
-if master:
-    os.makedirs(out_dir, exist_ok=True)
-
 teacher = None
 if repa_weight > 0:
     from teacher import Teacher
     # the paper's case, Qwen3 tokens and a Qwen3 teacher, needs no alignment (the teacher verifies the claim)
     same = meta['tokenizer']['name'] == 'qwen3' and 'qwen3' in repa_teacher.lower()
     teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same, bf16=env['dtype'] == 'bfloat16', device=device)
+if master:
+    os.makedirs(out_dir, exist_ok=True)
 
 model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,

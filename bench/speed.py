@@ -26,7 +26,8 @@ sys.path.insert(0, ROOT)
 from data import TokenData, load_meta, get_tokenizer
 from model import (TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, encode_segments, pack_segments, take_segment,
                    lengths_to_mask, masked_mean, gaussian_kl, num_params)
-from sample import sample_t, sample_latents
+from model import flow_time
+from sample import sample_latents
 from training import setup, prepare_model
 
 data_dir, out_dir = 'data/embedded', 'bench/results'
@@ -112,7 +113,7 @@ def dit_phase():
     def loss_fn(latents):  # dit_train.py's flow_loss (less the latent normalisation: elementwise)
         def loss(model):
             zc, x1, tgt_lens = latents or encode()
-            t, x0 = sample_t(batch_size, device=dev)[:, None, None], torch.randn_like(x1)
+            t, x0 = flow_time(torch.rand(batch_size, device=dev))[:, None, None], torch.randn_like(x1)
             x, is_target, m = pack_segments(zc * keep, ctx_lens, t * x1 + (1 - t) * x0, tgt_lens)
             v = take_segment(model(x, t.flatten(), is_target, m).float(), ctx_lens, x1.size(1))
             return masked_mean((v - (x1 - x0)) ** 2, lengths_to_mask(tgt_lens, x1.size(1)))

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import TokenData
 from model import lengths_to_mask
-from training import load_vae
+from checkpoint import load_vae
 
 args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
 betas = [float(b) for b in args.get('betas', '1e-4,1e-3,1e-2').split(',')]
