@@ -5,12 +5,8 @@ import re
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY_GPT, one_line_error, run_main, same_weights, straight_and_resumed
 from model import GPT, GPTConfig, KVCache, next_token
-from test_train import same_weights, straight_and_resumed
-
-TINY_GPT = ['--n_embd=32', '--n_head=2', '--n_layer=2', '--block_size=32', '--batch_size=8', '--eval_iters=2',
-            '--log_interval=1', '--dtype=float32', '--warmup_iters=2', '--min_len=8']
 
 def tiny_gpt(seed=0):
     torch.manual_seed(seed)
@@ -97,9 +93,7 @@ def test_ar_train_learns_resumes_and_samples(tiny_data, tmp_path):
     (['--data_dir=/nonexistent'], "no prepared data in /nonexistent"),
 ])
 def test_ar_train_bad_input_is_one_clear_line(tiny_data, tmp_path, args, message):
-    proc = run_script('ar_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}', *TINY_GPT, *args)
-    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    one_line_error(run_main('ar_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}', *TINY_GPT, *args), message)
 
 def test_gpt_generate_bad_input(tiny_data):
     from data import get_tokenizer, load_meta
