@@ -67,8 +67,6 @@ env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
-if master:
-    os.makedirs(out_dir, exist_ok=True)
 
 model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_layer=n_layer, dropout=dropout)
@@ -108,8 +106,9 @@ def checkpoint(best_val):
                     os.path.join(out_dir, 'ckpt.pt'))
 
 # -----------------------------------------------------------------------------
-# the training loop
+# the training loop (out_dir is made only now: a mistake found above leaves nothing on disk)
 if master:
+    os.makedirs(out_dir, exist_ok=True)
     print(f"GPT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, vocab {meta['vocab_size']}, "
           f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
 meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops), env['world'])

@@ -89,8 +89,6 @@ if block_size > vae.config.block_size:
     raise SystemExit(f"error: block_size {block_size} is longer than the VAE's {vae.config.block_size}")
 lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
 C = vae.config.latent_channels
-if master:
-    os.makedirs(out_dir, exist_ok=True)
 
 model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
                   vocab_size=meta['vocab_size'] if head == 'tokens' else 0, dropout=dropout)
@@ -188,8 +186,9 @@ def checkpoint(best_val):
                     os.path.join(out_dir, 'ckpt.pt'))
 
 # -----------------------------------------------------------------------------
-# the training loop
+# the training loop (out_dir is made only now: a mistake found above leaves nothing on disk)
 if master:
+    os.makedirs(out_dir, exist_ok=True)
     print(f"TextDiT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters on C={C} latents, "
           + (f"t ~ {t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "t ~ uniform")
           + f", global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")

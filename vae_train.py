@@ -83,8 +83,6 @@ if repa_weight > 0:
     # the paper's case, Qwen3 tokens and a Qwen3 teacher, needs no alignment (the teacher verifies the claim)
     same = meta['tokenizer']['name'] == 'qwen3' and 'qwen3' in repa_teacher.lower()
     teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same, bf16=env['dtype'] == 'bfloat16', device=device)
-if master:
-    os.makedirs(out_dir, exist_ok=True)
 
 model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,
@@ -168,8 +166,9 @@ def checkpoint(best_val, final=False):
     save_checkpoint(ckpt, os.path.join(out_dir, 'ckpt.pt'))
 
 # -----------------------------------------------------------------------------
-# the training loop
+# the training loop (out_dir is made only now: a mistake found above leaves nothing on disk)
 if master:
+    os.makedirs(out_dir, exist_ok=True)
     print(f"TextVAE: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
           f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer}'}, "
           f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
