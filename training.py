@@ -11,6 +11,7 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -84,6 +85,14 @@ def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
         return min_lr
     ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+def micro_batch_rng(seed, j, iter_num):
+    """Micro-batch j (= rank * accumulation steps + micro-step) of step iter_num draws its data from the
+    returned numpy Generator and its noise from torch's generator, seeded here from (seed, j, step) alone:
+    a resumed run sees what an uninterrupted one would (no generator state in the checkpoint), and
+    2 ranks x 1 micro-step train exactly as 1 rank x 2 micro-steps."""
+    torch.manual_seed(seed + 1000003 * j + iter_num)
+    return np.random.default_rng([seed, 0, j, iter_num])
 
 def sum_over_ranks(sums, env):
     """A step's sums over its micro-steps (a dict of scalar tensors) -> floats summed over all ranks, with one

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from checkpoint import save_checkpoint, load_checkpoint
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
 from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, sum_over_ranks, check_finite, Meter, write_summary
+from training import setup, prepare_model, get_lr, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -196,13 +196,9 @@ while True:
 
     sums = {}
     for micro_step in range(gradient_accumulation_steps):
-        # micro-batch j of the global batch draws its data and noise from (seed, j, step) alone: a resumed run
-        # sees what an uninterrupted one would, and 2 ranks x 1 micro-step see what 1 rank x 2 micro-steps do
-        j = env['rank'] * gradient_accumulation_steps + micro_step
-        torch.manual_seed(seed + 1000003 * j + iter_num)
-        rng = np.random.default_rng([seed, 0, j, iter_num])
         if env['ddp']:  # average the gradients across ranks on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        rng = micro_batch_rng(seed, env['rank'] * gradient_accumulation_steps + micro_step, iter_num)
         idx, lens = get_batch(train_data, rng)
         out = losses(idx, lens)
         # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of tokens
