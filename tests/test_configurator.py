@@ -48,8 +48,8 @@ def test_key_space_value_is_the_same_as_key_equals_value(monkeypatch):
     assert (spaced['prompt'], spaced['length'], spaced['cfg']) == ('The river', 48, 2.0)
     # text is text in either form, a negative number is a value, and a config file still works beside them
     assert config_of('sample.py', ['--prompt', '1984'], monkeypatch)['prompt'] == '1984'
-    cfg = config_of('dit_train.py', ['config/dit_tiny.py', '--t_mean', '-0.5', '--batch_size', '8'], monkeypatch)
-    assert (cfg['t_mean'], cfg['batch_size']) == (-0.5, 8)
+    ns = config_of('dit_train.py', ['config/dit_tiny.py', '--t_mean', '-0.5', '--batch_size', '8'], monkeypatch)
+    assert (ns['t_mean'], ns['batch_size']) == (-0.5, 8)
 
 @pytest.mark.parametrize('args', [['--prompt'], ['--prompt', '--length', '3'], ['--length', '3', '--prompt']])
 def test_a_key_without_a_value_is_one_line(monkeypatch, args):
@@ -106,14 +106,14 @@ def test_the_device_must_be_on_this_machine(monkeypatch):
 
 @pytest.mark.parametrize('source, message', [
     ('seed = (\n', "does not run: SyntaxError: '(' was never closed"),
-    ("seed = 'three'\n", "'seed' in config file '{cfg}' expects int (like 1337), got 'three'"),
-    ('sed = 3\n', "config file '{cfg}' sets unknown key 'sed': did you mean 'seed'?"),
+    ("seed = 'three'\n", "'seed' in config file '{path}' expects int (like 1337), got 'three'"),
+    ('sed = 3\n', "config file '{path}' sets unknown key 'sed': did you mean 'seed'?"),
 ])
 def test_a_bad_config_file_is_one_line(tmp_path, monkeypatch, source, message):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text(source)
-    error = refused('prepare_data.py', [str(cfg)], monkeypatch)
-    assert error.startswith('error: ') and '\n' not in error and message.format(cfg=cfg) in error
+    path = tmp_path / 'cfg.py'
+    path.write_text(source)
+    error = refused('prepare_data.py', [str(path)], monkeypatch)
+    assert error.startswith('error: ') and '\n' not in error and message.format(path=path) in error
 
 def test_every_default_and_config_file_is_in_range_and_every_range_and_choice_has_its_key(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # config files for GPUs

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 
 import prepare_data as P
-from conftest import CFG, TEXT, TINY_VAE, make_docs, one_line_error, run_main
+from conftest import DATA_SETTINGS, TEXT, TINY_VAE, make_docs, one_line_error, run_main
 from data import TokenData, get_tokenizer, load_meta, tokenizer_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def test_bpe_round_trip_is_exact(tiny):
 def test_bins_and_offsets_match_meta_and_documents(tiny):
     out, meta, docs = tiny
     enc = get_tokenizer(meta, out)
-    splits = P.split_embedded(docs, CFG['val_frac'], CFG['test_frac'], CFG['seed'])
+    splits = P.split_embedded(docs, DATA_SETTINGS['val_frac'], DATA_SETTINGS['test_frac'], DATA_SETTINGS['seed'])
     assert meta['dtype'] == 'uint16' and meta['splits']['test']['docs'] == len(splits['test'])
     for split in ('train', 'val'):
         data = TokenData(out, split)
@@ -106,16 +106,16 @@ def test_prepare_again_does_no_work(tiny, tmp_path):
     out, meta, docs = tiny
     mtimes = {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)}
     t = time.time()
-    assert P.prepare(str(out), CFG, str(CACHE), docs=docs) == meta
+    assert P.prepare(str(out), DATA_SETTINGS, str(CACHE), docs=docs) == meta
     assert time.time() - t < 0.5
     assert mtimes == {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)}
     # the script itself, through configurator.py, answers at once without touching the documents
-    args = [f'--{k}={v}' for k, v in CFG.items()] + [f'--out_dir={out}']
+    args = [f'--{k}={v}' for k, v in DATA_SETTINGS.items()] + [f'--out_dir={out}']
     t = time.time()
     r = subprocess.run([sys.executable, 'prepare_data.py', *args], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and 'ready' in r.stdout and time.time() - t < 3, r.stderr
     with pytest.raises(SystemExit, match='prepared with seed=3'):
-        P.prepare(str(out), dict(CFG, seed=4), str(CACHE), docs=docs)
+        P.prepare(str(out), dict(DATA_SETTINGS, seed=4), str(CACHE), docs=docs)
 
 def test_broken_data_is_refused(tiny, tmp_path):
     with pytest.raises(SystemExit, match='no prepared data'):
@@ -154,9 +154,9 @@ def test_broken_data_is_refused(tiny, tmp_path):
     (copy / 'tokenizer.tiktoken').unlink()
     with pytest.raises(SystemExit, match='missing'):
         get_tokenizer(meta, copy)
-    for bad_cfg in (dict(CFG, tokenizer='bert'), dict(CFG, tokenizer='bpe100'), dict(CFG, dataset='owt')):
+    for bad in (dict(DATA_SETTINGS, tokenizer='bert'), dict(DATA_SETTINGS, tokenizer='bpe100'), dict(DATA_SETTINGS, dataset='owt')):
         with pytest.raises(SystemExit, match='unknown'):
-            P.prepare(str(tmp_path / 'never'), bad_cfg, str(CACHE), docs=[])
+            P.prepare(str(tmp_path / 'never'), bad, str(CACHE), docs=[])
     assert not (tmp_path / 'never').exists()
 
 @pytest.mark.parametrize('name, ids, n_vocab', [('qwen3', [9707, 1879], 151669), ('gpt2', [15496, 995], 50257)])

@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 
-# test_gpt.py and test_eval.py import these from here
-from conftest import (TINY_DIT, TINY_GPT, TINY_VAE, VAE_STEPS, iter_losses, ok, one_line_error, run_main, run_script,  # noqa: F401
+from conftest import (TINY_DIT, TINY_GPT, TINY_VAE, VAE_STEPS, ok, one_line_error, run_main, run_script,
                       same_weights, straight_and_resumed)
 
 def digest(path):
