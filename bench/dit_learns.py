@@ -141,7 +141,7 @@ def curve(kind, steps, num_samples, judge, shuffle=False, metrics='rouge,mauve',
     return points
 
 def timed_alone(stage):
-    """The default `stage` ('vae', 'dit' or 'gpt') timed alone on the 2-core machine by bench/train_tiny.py (the runs
+    """The default `stage` ('vae' or 'dit') timed alone on the 2-core machine by bench/train_tiny.py (the runs
     here share the CPU, so their own clocks are not comparable): its bench/results/<stage>_tiny.json."""
     with open(os.path.join(ROOT, f'bench/results/{stage}_tiny.json')) as f:
         return json.load(f)

@@ -28,6 +28,7 @@ from sample import CFG
 ARMS = {DEFAULT: (DEFAULT, {}, 'the default VAE and DiT'), f'{DEFAULT}_cfg{CFG:g}': (DEFAULT, {'cfg': CFG}, 'the default'),
         **{k: (k, {}, k) for k in ('norepa', 't_std12', 't_uniform', 'c32', 'c64')}}
 arm_lever = lambda name, n, iters, gpt: lever(name, n, iters, gpt, True, 'rouge,genppl', ARMS[name])
+GPT_STEP_S = 0.501  # python bench/train_tiny.py gpt, on the machine of bench/results/vae_tiny.json and dit_tiny.json
 CURVE_STEPS = (125, 250, 500)  # the last is the default run's length: its schedule is the default's
 BENCHES = ('wikipedia', 'literary')
 
@@ -82,9 +83,9 @@ if __name__ == '__main__':
 
     default = arm_lever(f'{DEFAULT}_cfg{CFG:g}', n, 500, gpt)  # the embedded default samples with sample.CFG
     res['repa'] = {'REPA on': arm_lever(DEFAULT, n, 500, gpt), 'REPA off': arm(arm_lever, 'norepa', n, 500, gpt)}
-    # the GPT steps that take the VAE's and DiT's minutes (whole scripts), all timed alone by bench/train_tiny.py
-    gpt_step_s = timed_alone('gpt')['median_step_ms'] / 1000
-    wall_iters = 50 * round((timed_alone('vae')['minutes'] + timed_alone('dit')['minutes']) * 60 / gpt_step_s / 50)
+    # the GPT steps that take the VAE's and DiT's minutes (whole scripts), all three timed alone on one machine
+    # by bench/train_tiny.py vae|dit|gpt: the GPT's median step there was GPT_STEP_S
+    wall_iters = 50 * round((timed_alone('vae')['minutes'] + timed_alone('dit')['minutes']) * 60 / GPT_STEP_S / 50)
     wall = lambda: evaluate(f'gpt_{wall_iters}', ['--model=gpt', f'--out_dir={train_gpt(wall_iters, f"{OUT}/gpt_{wall_iters}")[0]}'], n, gpt)
     res['ar'] = {f'TextLDM (VAE 350 + DiT 500 steps, CFG {CFG:g})': default,
                  'GPT, same training tokens (500 steps)': dict(evaluate('gpt', ['--model=gpt', f'--out_dir={gpt}'], n, gpt),
