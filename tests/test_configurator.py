@@ -169,3 +169,18 @@ def test_a_mistake_is_one_line_in_a_process_of_its_own(tmp_path, script):
     """As a user sees it: the real process's whole stderr (warnings at import would be lines too)."""
     one_line_error(run_script(script, f'--out_dir={tmp_path}/out', '--seed=-1'), 'seed must be at least 0, got -1')
     assert not os.path.exists(tmp_path / 'out')
+
+def test_the_readme_reading_order_is_the_method_in_four_files_and_under_900_lines():
+    """README.md's "Read the method": at most four files, each range whole sections or definitions (it starts
+    a file or a section and ends where the next begins), 900 lines in all."""
+    text = open(os.path.join(ROOT, 'README.md')).read().split('## Read the method')[1].split('\n## ')[0]
+    rows = re.findall(r'^\| \d \| `(\w+\.py)`(?: lines (\d+)-(\d+))? \|', text, re.M)
+    assert len(rows) >= 4 and len({f for f, _, _ in rows}) <= 4
+    total = 0
+    for name, a, b in rows:
+        lines = open(os.path.join(ROOT, name)).read().splitlines()
+        a, b = (int(a), int(b)) if a else (1, len(lines))
+        assert a == 1 or lines[a - 1].startswith('# ---'), (name, a)
+        assert b == len(lines) or lines[b].startswith(('# ---', 'class ', 'def ', '@')), (name, b)
+        total += b - a + 1
+    assert total <= 900, total
