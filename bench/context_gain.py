@@ -79,6 +79,12 @@ def context_gain(ldm, num_windows=256, window=96, context=48, batch_size=64, see
                 gain={str(t): g for t, g in gain.items()}, gain_first={str(t): g for t, g in gain_first.items()},
                 summary={str(t): gain[t] for t in SUMMARY_TS})
 
+def bayes_x1(log_prior, xt, t, E):
+    """E[x1 | x_t] when x1 is one of the token latents E (V, C), drawn with log-probabilities log_prior (..., V):
+    the posterior p(i | x_t) ~ prior(i) N(x_t; t E_i, (1 - t)^2 I), xt (..., C) -> (..., C)."""
+    log_lik = (2 * t * xt @ E.T - t * t * (E * E).sum(-1)) / (2 * (1 - t) ** 2)  # up to a constant in i
+    return (log_prior + log_lik).softmax(-1) @ E
+
 @torch.no_grad()
 def gpt_gain(ldm, gpt, num_windows=256, window=96, context=48, batch_size=64, seed=0, n_batches=50):
     """The yardstick: the flow loss of the Bayes denoiser whose prior over each target token is the GPT's
@@ -111,9 +117,8 @@ def gpt_gain(ldm, gpt, num_windows=256, window=96, context=48, batch_size=64, se
             priors[name] = logits.log_softmax(-1)
         for t in TS:
             xt = t * x1 + (1 - t) * x0
-            log_lik = (2 * t * xt @ E.T - t * t * (E * E).sum(-1)) / (2 * (1 - t) ** 2)  # up to a constant in i
             for name, prior in priors.items():
-                x1_hat = (prior + log_lik).softmax(-1) @ E
+                x1_hat = bayes_x1(prior, xt, t, E)
                 loss[t][name] += (((x1_hat - x1) / (1 - t)) ** 2).mean(-1).sum().item()
     n_tok = len(idx) * (window - context)
     loss = {str(t): {k: v / n_tok for k, v in r.items()} for t, r in loss.items()}

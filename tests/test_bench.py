@@ -1,4 +1,5 @@
-"""bench/speed.py end to end at a tiny size: every phase runs in its own process and both reports are written."""
+"""bench/: speed.py end to end at a tiny size (every phase in its own process, both reports written), and the math of
+context_gain.py's yardstick."""
 import json
 
 from conftest import run_script
@@ -26,3 +27,25 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
         assert report['command'].startswith('python bench/speed.py') and report['torch'] and report['machine']
     assert all(m['peak_rss'] > m['own'] > 0 for m in tr['memory_mib'].values())
     assert not list(tmp_path.glob('.speed_*'))  # the phases' files are cleaned up
+
+def test_the_yardstick_denoiser_is_the_exact_posterior_mean():
+    """bench/context_gain.bayes_x1 against the posterior written out with Gaussian densities, and its limits."""
+    import os
+    import sys
+    import torch
+    from conftest import ROOT
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    from context_gain import bayes_x1
+    g = torch.Generator().manual_seed(0)
+    V, C, t = 7, 3, 0.4
+    E, prior = torch.randn(V, C, generator=g, dtype=torch.float64), torch.rand(V, generator=g, dtype=torch.float64)
+    prior /= prior.sum()
+    xt = torch.randn(5, C, generator=g, dtype=torch.float64)
+    density = torch.exp(-((xt[:, None] - t * E) ** 2).sum(-1) / (2 * (1 - t) ** 2))  # (5, V), up to a constant
+    post = prior * density / (prior * density).sum(-1, keepdim=True)
+    assert torch.allclose(bayes_x1(prior.log(), xt, t, E), post @ E)
+    # a certain prior gives its token whatever x_t; near t = 1 a flat prior gives the token x_t came from
+    certain = torch.full((V,), -1e9, dtype=torch.float64).index_fill(0, torch.tensor([2]), 0.0)
+    assert torch.allclose(bayes_x1(certain, xt, t, E), E[2].expand(5, C))
+    noisy = 0.99 * E + 0.01 * torch.randn(V, C, generator=g, dtype=torch.float64)
+    assert torch.allclose(bayes_x1(torch.zeros(V, dtype=torch.float64), noisy, 0.99, E), E, atol=1e-6)
