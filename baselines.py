@@ -29,7 +29,7 @@ def load_model(model, out_dir, device, data_dir, steps=50, cfg=CFG, vae_ckpt='',
         from sample import LDM, generate
         ldm = LDM(out_dir or 'out/dit_tiny', vae_ckpt or None, device)
         gen = lambda prompts, lengths, seed: generate(ldm, prompts, lengths, steps, cfg, seed)
-        return gen, ldm.enc.encode_ordinary, ldm.enc.decode, min(ldm.dit.config.block_size, ldm.vae.config.block_size)
+        return gen, ldm.enc.encode_ordinary, ldm.enc.decode, ldm.longest
     if model == 'gpt':
         net, enc = load_gpt(out_dir or 'out/gpt_tiny', device)
         gen = lambda prompts, lengths, seed: gpt_generate(net, enc, prompts, lengths, temperature=temperature,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from checkpoint import save_checkpoint, load_checkpoint, load_vae, fingerprint
 from data import TokenData, load_meta, tokenizer_sha256
-from model import TextDiT, DiTConfig, flow_time, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
+from model import TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
 from training import setup, prepare_model, get_lr, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
@@ -101,20 +101,13 @@ if init_from == 'resume':
     if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
         raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
 
-@torch.no_grad()
 def token_latents(n_batches=50):
-    """E (vocab, C): each token's mean normalised latent over training windows (0 for a token never seen),
-    what the token head's probabilities are averaged over."""
-    V = meta['vocab_size']
-    sums, counts = torch.zeros(V, C, device=device), torch.zeros(V, device=device)
-    for k in range(n_batches):
-        idx, lens = train_data.sample(batch_size, block_size, np.random.default_rng([seed, 3, k]))
-        idx, mask = idx.to(device), lengths_to_mask(lens.to(device), idx.size(1))
+    """E for the token head: each token's mean normalised latent over training windows."""
+    def encode(idx, lens):
         with autocast:
-            mu = vae.encode(idx, mask)[0]
-        sums.index_add_(0, idx[mask], ((mu[mask] - lat_mean) / lat_std).float())
-        counts.index_add_(0, idx[mask], torch.ones_like(idx[mask], dtype=torch.float))
-    return sums / counts.clamp(min=1)[:, None]
+            return (vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0] - lat_mean) / lat_std
+    batches = (train_data.sample(batch_size, block_size, np.random.default_rng([seed, 3, k])) for k in range(n_batches))
+    return token_latent_means(encode, ((idx.to(device), lens.to(device)) for idx, lens in batches), meta['vocab_size'])[0]
 
 dit = TextDiT(DiTConfig(**model_args))
 if dit.config.vocab_size and ckpt is None:

@@ -293,6 +293,21 @@ class TextDiT(nn.Module):
         l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)
         return self.velocity_from_logits(l_null + cfg_scale * (l_ctx - l_null), x[:half], t[:half])
 
+@torch.no_grad()
+def token_latent_means(encode, batches, vocab_size):
+    """E (vocab, C): each token's mean latent, 0 for a token never seen, and the tokens' counts (vocab,), over
+    batches of (token ids (B, T), lengths (B,)) encoded by encode(idx, lens) -> latents (B, T, C). The token
+    head's probabilities are averaged over E."""
+    sums = counts = None
+    for idx, lens in batches:
+        mask = lengths_to_mask(lens, idx.size(1))
+        z, ids = encode(idx, lens)[mask].float(), idx[mask]
+        if sums is None:
+            sums, counts = z.new_zeros(vocab_size, z.size(-1)), z.new_zeros(vocab_size)
+        sums.index_add_(0, ids, z)
+        counts.index_add_(0, ids, torch.ones_like(z[:, 0]))
+    return sums / counts.clamp(min=1)[:, None], counts
+
 def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
     """Lay out each row as [its context ; its target ; padding].
     ctx (B, Tc, C) with ctx_lens (B,), tgt (B, Tt, C) with tgt_lens (B,) -> x (B, T, C), is_target, mask (B, T)."""

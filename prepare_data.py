@@ -208,7 +208,7 @@ def write_split(path, ds, enc, dtype, num_proc):
     return int(offsets[-1])
 
 def prepare(out_dir, settings, cache_dir='data/cache', num_proc=1, docs=None):
-    """Build out_dir from the settings settings (all saved in meta.json) unless it is already built.
+    """Build out_dir from `settings` (all saved in meta.json) unless it is already built.
     docs: the embedded documents, already extracted (tests pass a few); else read from the packages.
     Returns the meta dict."""
     if settings['dataset'] not in ('embedded', 'openwebtext2'):

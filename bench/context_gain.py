@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import TokenData  # noqa: E402
-from model import encode_segments, pack_segments, take_segment  # noqa: E402
+from model import encode_segments, pack_segments, take_segment, token_latent_means  # noqa: E402
 
 TS = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8)
 SUMMARY_TS = (0.2, 0.35, 0.5)
@@ -93,15 +93,12 @@ def gpt_gain(ldm, gpt, num_windows=256, window=96, context=48, batch_size=64, se
     With the true and another window's context, at the same t as context_gain; and with a unigram prior (the
     floor: what knowing only token frequencies gives). Also the GPT's cross-entropy on the target."""
     idx = windows(ldm, num_windows, window, seed)
-    train, V, C = TokenData(ldm.data_dir, 'train'), gpt.config.vocab_size, ldm.dit.config.latent_channels
-    sums, counts = torch.zeros(V, C, device=ldm.device), torch.zeros(V, device=ldm.device)
-    for k in range(n_batches):  # E and the unigram frequencies, from training windows
-        tok, _ = train.sample(batch_size, window, np.random.default_rng([seed, 3, k]))
-        tok = tok.to(ldm.device)
-        z = ldm.encode(tok, torch.full((len(tok),), tok.size(1), device=ldm.device)).flatten(0, 1)
-        sums.index_add_(0, tok.flatten(), z)
-        counts.index_add_(0, tok.flatten(), torch.ones(tok.numel(), device=ldm.device))
-    E, log_unigram = sums / counts.clamp(min=1)[:, None], (counts + 1).log() - (counts + 1).sum().log()
+    train = TokenData(ldm.data_dir, 'train')
+    batches = (train.sample(batch_size, window, np.random.default_rng([seed, 3, k])) for k in range(n_batches))
+    # E and the unigram frequencies, from training windows
+    E, counts = token_latent_means(ldm.encode, ((idx.to(ldm.device), lens.to(ldm.device)) for idx, lens in batches),
+                                   gpt.config.vocab_size)
+    log_unigram = (counts + 1).log() - (counts + 1).sum().log()
     g = torch.Generator(device=ldm.device).manual_seed(seed)
     loss = {t: {k: 0.0 for k in ('true', 'other', 'unigram')} for t in TS}
     ce = {k: 0.0 for k in ('true', 'other')}
@@ -110,7 +107,7 @@ def gpt_gain(ldm, gpt, num_windows=256, window=96, context=48, batch_size=64, se
         B, tokens = len(chunk), chunk[:, context:]
         x1 = ldm.encode(tokens, torch.full((B,), window - context, device=ldm.device))
         x0 = torch.randn(x1.shape, generator=g, device=ldm.device)
-        priors = {'unigram': log_unigram.expand(*tokens.shape, V)}
+        priors = {'unigram': log_unigram.expand(*tokens.shape, len(log_unigram))}
         for name, c in (('true', chunk[:, :context]), ('other', chunk[:, :context].roll(1, 0))):
             logits = gpt(torch.cat([c, tokens], 1))[0][:, context - 1:-1].float()  # the predictions of the target
             ce[name] += torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction='sum').item()
