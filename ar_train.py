@@ -18,7 +18,7 @@ import torch
 from checkpoint import save_checkpoint, load_checkpoint
 from data import TokenData, load_meta, tokenizer_sha256
 from model import GPT, GPTConfig, lengths_to_mask, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
+from training import setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU (data and optimizer as in dit_train.py)
@@ -29,6 +29,7 @@ eval_interval = 250
 eval_iters = 10
 log_interval = 10
 max_iters = 500
+keep_steps = ''  # also keep these steps' checkpoints in out_dir/step<N>/ (a curve from one run), e.g. '500,1000'
 # data: window length uniform in [min_len, block_size], one length per batch
 batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
 gradient_accumulation_steps = 1
@@ -63,6 +64,7 @@ config = {k: v for k, v in globals().items() if not k.startswith('_') and isinst
 if not 2 <= min_len <= block_size:
     raise SystemExit(f"error: need 2 <= min_len <= block_size (a window of L tokens gives L - 1 predictions), "
                      f"got min_len={min_len}, block_size={block_size}")
+keep = parse_keep_steps(keep_steps, max_iters)
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
@@ -100,10 +102,10 @@ def evaluate():
     model.train()
     return total
 
-def checkpoint(best_val):
+def checkpoint(best_val, folder):
     save_checkpoint(dict(kind='gpt', model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
                          iter_num=iter_num, best_val_loss=best_val, config=config, tokenizer_sha256=tokenizer_sha256(meta)),
-                    os.path.join(out_dir, 'ckpt.pt'))
+                    os.path.join(folder, 'ckpt.pt'))
 
 # -----------------------------------------------------------------------------
 # the training loop (out_dir is made only now: a mistake found above leaves nothing on disk)
@@ -119,14 +121,16 @@ while True:
     for group in optimizer.param_groups:
         group['lr'] = lr
 
-    if iter_num % eval_interval == 0 or iter_num == max_iters:
+    if iter_num % eval_interval == 0 or iter_num == max_iters or iter_num in keep:
         val_loss = evaluate()
         check_finite(val_loss, 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
         if master:
             print(f"step {iter_num}: val loss {val_loss:.4f} [{(time.time() - t_start) / 60:.1f} min]")
             best_val = min(best_val, val_loss)
             if iter_num > 0:
-                checkpoint(best_val)
+                checkpoint(best_val, out_dir)
+            if iter_num in keep:
+                checkpoint(best_val, os.path.join(out_dir, f'step{iter_num}'))
     if iter_num == max_iters:
         break
 

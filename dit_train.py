@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from checkpoint import save_checkpoint, load_checkpoint, load_vae, fingerprint
 from data import TokenData, load_meta, tokenizer_sha256
 from model import TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
+from training import setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -34,6 +34,7 @@ eval_interval = 250
 eval_iters = 10
 log_interval = 10
 max_iters = 500
+keep_steps = ''  # also keep these steps' checkpoints in out_dir/step<N>/ (a curve from one run), e.g. '500,1000'
 # data: window length uniform in [min_len, block_size]; the context takes a fraction of it uniform in
 # [ctx_frac_min, ctx_frac_max] (the paper samples lengths uniformly)
 batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
@@ -50,6 +51,7 @@ t_mean = 0.0
 t_std = 1.5
 # model
 head = 'velocity'  # 'velocity': regress x1 - x0 with MSE (the paper); 'tokens': score interpolation, trained with cross-entropy
+self_cond = False  # half of the batches also read the DiT's own first estimate of the clean target (CDCD, Plaid)
 n_embd = 256
 n_head = 4
 n_layer = 6
@@ -78,6 +80,7 @@ config = {k: v for k, v in globals().items() if not k.startswith('_') and isinst
 
 if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
     raise SystemExit("error: need 2 <= min_len <= block_size and 0 < ctx_frac_min <= ctx_frac_max < 1")
+keep = parse_keep_steps(keep_steps, max_iters)
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
@@ -91,7 +94,7 @@ lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(de
 C = vae.config.latent_channels
 
 model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
-                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, dropout=dropout)
+                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, self_cond=self_cond, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
@@ -141,8 +144,13 @@ def flow_loss(net, batch, generator=None):
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
     tmask = lengths_to_mask(tgt_lens, Tt)
+    x1_hat = None
+    if self_cond and torch.rand(1, generator=generator, device=device).item() < 0.5:
+        with torch.no_grad(), autocast:  # a first pass without an estimate; the second learns to refine it
+            v = net(x, t, is_target, mask)
+        x1_hat = x + (1 - t[:, None, None]) * v.float()
     with autocast:
-        out = net(x, t, is_target, mask, return_logits=head == 'tokens')
+        out = net(x, t, is_target, mask, return_logits=head == 'tokens', x1_hat=x1_hat)
     if head == 'tokens':
         logits = take_segment(out[1], ctx_lens, Tt)  # (B, Tt, vocab)
         per_token = F.cross_entropy(logits.transpose(1, 2), take_segment(idx, ctx_lens, Tt), reduction='none')
@@ -172,11 +180,11 @@ def evaluate():
         out[name + '_by_t'] = [losses[bins == b].mean().item() if (bins == b).any() else float('nan') for b in range(len(T_BINS) - 1)]
     return out
 
-def checkpoint(best_val):
+def checkpoint(best_val, folder):
     save_checkpoint(dict(kind='dit', model=raw_model.state_dict(), ema=ema.state_dict() if ema is not None else None,
                          optimizer=optimizer.state_dict(), model_args=model_args, iter_num=iter_num, best_val_loss=best_val,
                          config=config, vae_fingerprint=fingerprint(vae.state_dict()), tokenizer_sha256=tokenizer_sha256(meta)),
-                    os.path.join(out_dir, 'ckpt.pt'))
+                    os.path.join(folder, 'ckpt.pt'))
 
 # -----------------------------------------------------------------------------
 # the training loop (out_dir is made only now: a mistake found above leaves nothing on disk)
@@ -194,7 +202,7 @@ while True:
     for group in optimizer.param_groups:
         group['lr'] = lr
 
-    if iter_num % eval_interval == 0 or iter_num == max_iters:
+    if iter_num % eval_interval == 0 or iter_num == max_iters or iter_num in keep:
         ev = evaluate()
         check_finite(ev['model'], 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
         if master:
@@ -204,7 +212,9 @@ while True:
                   + f" [{(time.time() - t_start) / 60:.1f} min]")
             best_val = min(best_val, ev[key])
             if iter_num > 0:
-                checkpoint(best_val)
+                checkpoint(best_val, out_dir)
+            if iter_num in keep:
+                checkpoint(best_val, os.path.join(out_dir, f'step{iter_num}'))
     if iter_num == max_iters:
         break
 

@@ -19,10 +19,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from checkpoint import unwrap_state_dict
 
 def setup(device, dtype, backend, seed, gradient_accumulation_steps):
-    """Detect a torchrun launch, pick the device, the DDP backend ('auto': nccl on GPUs, gloo on CPUs) and the
-    autocast context. Returns a dict."""
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit("error: device is 'cuda' but no GPU is visible: pass --device=cpu")
+    """Detect a torchrun launch, pick the device (configurator.py has checked that this machine has it), the DDP
+    backend ('auto': nccl on GPUs, gloo on CPUs) and the autocast context. Returns a dict."""
     if gradient_accumulation_steps < 1:
         raise SystemExit(f"error: gradient_accumulation_steps must be at least 1, got {gradient_accumulation_steps}")
     ddp = int(os.environ.get('RANK', -1)) != -1
@@ -85,6 +83,17 @@ def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
         return min_lr
     ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+def parse_keep_steps(keep_steps, max_iters):
+    """'500,1000' -> {500, 1000}: the steps whose checkpoint a trainer also keeps in out_dir/step<N>/ckpt.pt, so
+    one run gives a training curve (every step of it on the run's own learning-rate schedule)."""
+    try:
+        steps = {int(s) for s in keep_steps.split(',') if s.strip()}
+    except ValueError:
+        raise SystemExit(f"error: keep_steps must be comma-separated step numbers like '500,1000', got {keep_steps!r}")
+    if any(not 1 <= s <= max_iters for s in steps):
+        raise SystemExit(f"error: keep_steps must lie in 1..max_iters={max_iters}, got {keep_steps!r}")
+    return steps
 
 def micro_batch_rng(seed, j, iter_num):
     """Micro-batch j (= rank * accumulation steps + micro-step) of step iter_num draws its data from the

@@ -44,10 +44,10 @@ def test_vae_with_repa_aligns_and_resume_reproduces_the_uninterrupted_run(tiny_d
 # -----------------------------------------------------------------------------
 # the DiT
 
-@pytest.mark.parametrize('head', ['velocity', 'tokens'])
+@pytest.mark.parametrize('head', [['--head=velocity'], ['--head=tokens'], ['--head=tokens', '--self_cond=True']])
 def test_dit_trains_resumes_and_samples(vae_dir, tiny_data, tmp_path, head):
     common = [f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', '--lr_decay_iters=40', '--eval_interval=20',
-              f'--head={head}', *TINY_DIT]
+              *head, *TINY_DIT]
     straight, a, b = straight_and_resumed('dit_train.py', tmp_path, 40, common)
     assert len(a) == 40 and len(b) == 20
     assert a[20:] == pytest.approx(b, rel=1e-5)
@@ -79,6 +79,23 @@ def test_every_trainer_clips_its_gradients_by_default(vae_dir, tiny_data, tmp_pa
         calls.clear()
         ok(run_main(script, f'--data_dir={tiny_data}', f'--out_dir={tmp_path}/{script}', '--max_iters=2', '--eval_interval=2', *tiny))
         assert len(calls) == 2 and all(0 < c < float('inf') for c in calls), (script, calls)
+
+def test_keep_steps_keeps_a_curve_from_one_run(tiny_data, tmp_path):
+    """--keep_steps: the run's checkpoints at those steps stay in out_dir/step<N>/ (the last one is ckpt.pt too)."""
+    ok(run_main('ar_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}/gpt', '--max_iters=6', '--eval_interval=100',
+                '--keep_steps=2,6', *TINY_GPT))
+    kept = {d.name: torch.load(d / 'ckpt.pt', weights_only=True) for d in sorted((tmp_path / 'gpt').glob('step*'))}
+    assert list(kept) == ['step2', 'step6'] and [c['iter_num'] for c in kept.values()] == [2, 6]
+    assert kept['step6']['config']['max_iters'] == 6  # the kept steps are on the run's own schedule
+    assert digest(tmp_path / 'gpt' / 'step6' / 'ckpt.pt') == digest(tmp_path / 'gpt' / 'ckpt.pt')
+    assert not torch.equal(kept['step2']['model']['wte.weight'], kept['step6']['model']['wte.weight'])
+
+@pytest.mark.parametrize('keep, message', [('2,x', "keep_steps must be comma-separated step numbers like '500,1000'"),
+                                           ('0,4', 'keep_steps must lie in 1..max_iters=4')])
+def test_bad_keep_steps_is_one_line(tiny_data, tmp_path, keep, message):
+    one_line_error(run_main('ar_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}/gpt', '--max_iters=4',
+                            f'--keep_steps={keep}', *TINY_GPT), message)
+    assert not (tmp_path / 'gpt').exists()
 
 # a loss that becomes NaN: a huge learning rate turns the weights to garbage in one step
 
