@@ -13,8 +13,10 @@ float; any text is taken for a string, so --prompt=1984 is the text '1984'). The
 checked against its range in _RANGES, every text option against its _CHOICES and the device against
 this machine, before the script creates anything. Mistakes end the run with one line that says what is wrong.
 """
+import os
 import sys
 import math
+import time
 import difflib
 from ast import literal_eval
 
@@ -43,6 +45,11 @@ _CHOICES = {
 }
 
 def _fail(msg):
+    if os.environ.get('LOCAL_RANK', '0') != '0':
+        # under torchrun every rank makes the same mistake and local rank 0 says it; the others exit silently, but
+        # not first: torchrun stops all ranks once one has exited, and rank 0 could be stopped before it said it
+        time.sleep(10)
+        raise SystemExit(1)
     raise SystemExit(f"error: {msg}")
 
 def _near(key, names):
@@ -54,8 +61,9 @@ def _known(key):
         _fail(f"unknown config key '{key}'" + _near(key, globals()))
 
 def _typed(key, val, default, where):
-    """val, if it has the type of the key's default (an int becomes a float where a float is expected)."""
-    if isinstance(default, float) and type(val) is int:
+    """val, if it has the type of the key's default (an int becomes a float where a float is expected, and so
+    does the text nan or inf, which is no Python literal: the finiteness check then names it)."""
+    if isinstance(default, float) and (type(val) is int or str(val).lower().lstrip('+-') in ('nan', 'inf', 'infinity')):
         return float(val)
     if default is not None and type(val) is not type(default):
         _fail(f"{where} expects {type(default).__name__} (like {default!r}), got {val!r}")
@@ -78,7 +86,7 @@ def _check_device(device):
     if dev is None or dev.type not in ('cpu', 'cuda'):
         _fail(f"device '{device}' is not one of cpu, cuda, cuda:N")
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        _fail("device is 'cuda' but no GPU is visible: pass --device=cpu")
+        _fail("device is 'cuda' but no GPU is visible: pass --device=cpu (under torchrun too: DDP then uses gloo)")
     if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
         _fail(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 and up")
 

@@ -305,8 +305,6 @@ if __name__ == '__main__':
                          f"(got {num_samples}, {batch_size}, {steps}, {min_tokens}, {block_size})")
     if shuffle_test and model == 'reference':
         raise SystemExit("error: shuffle_test needs a model that reads its prompt, not 'reference'")
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit("error: device is 'cuda' but no GPU is visible: pass --device=cpu")
     torch.manual_seed(seed)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # generation and tokenizer-length notices would drown the progress bars

@@ -30,7 +30,7 @@ def resolve(name):
         if spec is None:
             raise SystemExit(f"error: teacher '{name}' is not installed: {install}")
         return os.path.join(spec.submodule_search_locations[0], sub)
-    if os.path.isdir(name):
+    if os.path.isfile(os.path.join(name, 'config.json')):
         return name
     if name.startswith(('.', '/', '~')) or os.path.exists(name):
         raise SystemExit(f"error: teacher '{name}' is not a model folder: pass a directory holding config.json")

@@ -81,6 +81,10 @@ def test_mistakes_in_the_space_form_get_the_same_lines(monkeypatch):
     ('sample.py', '--cfg=-1', 'cfg must be at least 0, got -1.0'),
     ('sample.py', '--cfg=1e999', 'cfg must be a finite number, got inf'),
     ('dit_train.py', '--t_mean=-1e999', 't_mean must be a finite number, got -inf'),
+    # nan and inf are floats, though no Python literals
+    *[('sample.py', f'--cfg={x}', f'cfg must be a finite number, got {v}')
+      for x, v in [('nan', 'nan'), ('inf', 'inf'), ('-Infinity', '-inf'), ('+NaN', 'nan')]],
+    ('dit_train.py', '--t_mean=-inf', 't_mean must be a finite number, got -inf'),
     ('vae_train.py', '--device=foo', "device 'foo' is not one of cpu, cuda, cuda:N"),
     # text options and their choices; float16 is refused (it would need loss scaling)
     *[(s, '--dtype=float16', "dtype must be one of float32, bfloat16, got 'float16'") for s in ['vae_train.py', 'dit_train.py', 'ar_train.py']],
@@ -97,7 +101,7 @@ def test_a_number_out_of_its_range_a_bad_choice_or_a_bad_device_is_one_line(monk
 def test_the_device_must_be_on_this_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert refused('sample.py', ['--device=cuda'], monkeypatch) == \
-        "error: device is 'cuda' but no GPU is visible: pass --device=cpu"
+        "error: device is 'cuda' but no GPU is visible: pass --device=cpu (under torchrun too: DDP then uses gloo)"
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     assert config_of('ar_train.py', ['--device=cuda:1'], monkeypatch)['device'] == 'cuda:1'
@@ -153,11 +157,14 @@ def test_every_readme_command_line_is_accepted_as_written(monkeypatch):
 TRAINERS = ['vae_train.py', 'dit_train.py', 'ar_train.py']
 
 @pytest.mark.parametrize('script, args, message', [
-    pytest.param('sample.py', ['--device=cuda'], "device is 'cuda' but no GPU is visible: pass --device=cpu",
+    pytest.param('sample.py', ['--device=cuda'],
+                 "device is 'cuda' but no GPU is visible: pass --device=cpu (under torchrun too: DDP then uses gloo)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU is visible')),
     *[(s, ['--device=foo'], "device 'foo' is not one of cpu, cuda, cuda:N") for s in ['sample.py', 'dit_train.py']],
     *[(s, ['--batch_size=0'], 'batch_size must be at least 1, got 0') for s in TRAINERS],
     *[(s, ['--max_iters=-5'], 'max_iters must be at least 0, got -5') for s in ['dit_train.py', 'ar_train.py']],
+    ('sample.py', ['--cfg', 'nan'], 'cfg must be a finite number, got nan'),
+    ('sample.py', ['--cfg=inf'], 'cfg must be a finite number, got inf'),
 ])
 def test_a_bad_number_or_device_is_one_line_and_creates_nothing(tiny_data, tmp_path, script, args, message):
     data = [] if script == 'sample.py' else [f'--data_dir={tiny_data}']

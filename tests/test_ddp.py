@@ -2,7 +2,7 @@
 exactly as 1 process of batch B with gradient_accumulation_steps=2, the same global batch: the same logged
 losses (rank 0 logs the mean over the ranks) and the same weights. Each script runs three times: 2 ranks
 for 4 steps; 1 process for 2 steps; 2 ranks resuming that for steps 3 and 4, which also checks
-init_from='resume' under DDP."""
+init_from='resume' under DDP. A mistake under torchrun is said once, not once per rank."""
 import socket
 
 import pytest
@@ -36,3 +36,11 @@ def test_two_ranks_train_as_two_micro_steps(script, tiny_data, tmp_path, request
     wa = torch.load(f'{tmp_path}/a/ckpt.pt', weights_only=True)['model']
     wb = torch.load(f'{tmp_path}/b/ckpt.pt', weights_only=True)['model']
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU is visible')
+def test_no_gpu_under_torchrun_is_said_once(tmp_path):
+    proc = torchrun('dit_train.py', f'--out_dir={tmp_path}/out', '--device=cuda', *TINY_DIT)
+    message = "error: device is 'cuda' but no GPU is visible: pass --device=cpu (under torchrun too: DDP then uses gloo)"
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out and out.count('no GPU is visible') == 1, out
+    assert not (tmp_path / 'out').exists()

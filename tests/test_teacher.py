@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel,
                           PreTrainedTokenizerFast)
 
+from conftest import TINY_VAE, one_line_error, run_main
 from teacher import Teacher, align, resolve, spans
 
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -96,6 +97,18 @@ def test_errors(enc, tmp_path, teachers):
     if HAS_MINILM:
         with pytest.raises(SystemExit, match='does not share our tokenizer'):
             Teacher(enc, name=teachers['bert'], same_tokenizer=True)
+
+@pytest.mark.parametrize('files', [[], ['tokenizer.json']])
+def test_a_folder_without_config_json_is_one_line(tiny_data, tmp_path, files):
+    """vae_train.py itself, with an empty folder or one that is not a whole model, as --repa_teacher."""
+    folder = tmp_path / 'teacher'
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_text('{}')
+    one_line_error(run_main('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}/out', '--max_iters=1',
+                            f'--repa_teacher={folder}', *TINY_VAE),
+                   f"error: teacher '{folder}' is not a model folder: pass a directory holding config.json")
+    assert not (tmp_path / 'out').exists()
 
 @pytest.mark.parametrize('arch', ['llama', 'gpt2', 'bert'])
 @pytest.mark.parametrize('layer', [-3, 1])
