@@ -52,7 +52,8 @@ def fingerprint(state_dict):
         h.update(state_dict[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 def load_vae(path, device):
-    """The frozen, trained TextVAE of a vae checkpoint, and the checkpoint (with its latent stats)."""
+    """The frozen, trained TextVAE of a vae checkpoint, and the checkpoint's record (its latent stats, config and
+    tokenizer) without the weights and optimizer state, which a caller holding the VAE need not keep in memory."""
     ckpt = load_checkpoint(path, 'vae')
     if 'latent_mean' not in ckpt:
         raise SystemExit(f"error: {path} has no latent statistics (its training did not finish): finish it with --init_from=resume")
@@ -60,4 +61,4 @@ def load_vae(path, device):
     vae.load_state_dict(unwrap_state_dict(ckpt['model']))
     vae.repa_proj = None  # a training-only head
     vae.to(device).eval().requires_grad_(False)
-    return vae, ckpt
+    return vae, {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer')}

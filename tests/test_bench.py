@@ -49,3 +49,21 @@ def test_the_yardstick_denoiser_is_the_exact_posterior_mean():
     assert torch.allclose(bayes_x1(certain, xt, t, E), E[2].expand(5, C))
     noisy = 0.99 * E + 0.01 * torch.randn(V, C, generator=g, dtype=torch.float64)
     assert torch.allclose(bayes_x1(torch.zeros(V, dtype=torch.float64), noisy, 0.99, E), E, atol=1e-6)
+
+def test_paper_sizes_quick_runs_the_three_trainers(tiny_data, tmp_path):
+    """bench/paper_sizes.py at tiny sizes: the three real trainers at batch 1 and 2, the VAE with REPA to a tiny local
+    Qwen3 stand-in teacher (the tiny data's BPE is not Qwen3's, so the teacher takes the span-alignment path)."""
+    import re
+    p = run_script('bench/paper_sizes.py', '--quick=True', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}',
+                   f'--work_dir={tmp_path}/runs')
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(tmp_path / 'paper_sizes_quick.json') as f:
+        r = json.load(f)
+    assert set(r['steps']) == {'vae_350m', 'dit_328m', 'gpt_medium'}
+    for s in r['steps'].values():
+        assert all(s[b]['peak_rss_mib'] > 0 and s[b]['median_step_ms'] > 0 for b in ('batch1', 'batch2'))
+        assert s['params_m'] > 0 and s['projected_mib'] > 0 and s['paper_batch'] in (8, 32)
+    assert r['command'].startswith('python bench/paper_sizes.py') and 'LINEAR PROJECTION' in r['memory_note']
+    log = open(r['steps']['vae_350m']['batch1']['log']).read()
+    assert 'qwen3-standin layer -3' in log and re.search(r'repa_cos -?\d', log)  # REPA ran, with a finite cosine
+    assert not list((tmp_path / 'runs').glob('*/ckpt.pt'))  # the checkpoints are cleaned up
