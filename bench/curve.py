@@ -41,6 +41,7 @@ import eval as ev  # noqa: E402
 from baselines import load_gpt, load_model  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from data import TokenData, get_tokenizer, load_meta  # noqa: E402
+from training import bf16_is_fast  # noqa: E402
 
 BENCHES = ('wikipedia', 'literary')
 KNOWLEDGE_TS = ('0.35', '0.5')
@@ -160,6 +161,7 @@ def solo_step_ms(folder, kind, steps):
 
 def figure(res, path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
@@ -174,6 +176,9 @@ def figure(res, path):
             ax.axhline(res['unigram'][b]['genppl'], color='grey', ls=':', label='unigram floor')
             ax.set_xscale('log')
             ax.set_yscale('log')
+            for axis in (ax.xaxis, ax.yaxis):  # plain numbers, no crowded minor labels
+                axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel('training steps' if unit == 'steps' else 'minutes on this CPU (median step x steps)')
             ax.set_ylabel('generative perplexity (judge)')
             ax.set_title(b)
@@ -221,6 +226,7 @@ if __name__ == '__main__':
     mauve_draws = 20  # bootstrap draws of MAUVE's interval
     examples = 2  # samples shown per model and benchmark, the same prompts for all
     solo_steps = 50  # each run's step time, timed again alone on this machine (0: from the run's own summary.json)
+    score_only = False  # only score the checkpoints kept so far (while the runs go on), then stop
     out_file = 'bench/results/curve.json'
     exec(open(os.path.join(ROOT, 'configurator.py')).read())
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
@@ -261,16 +267,21 @@ if __name__ == '__main__':
         return result
 
     res = dict(command='python ' + shlex.join(sys.argv), judge=judge, num_samples=num_samples, solo_steps=solo_steps,
-               machine=f'cpu x{os.cpu_count()}', prompts={b: ctx['samples'][b]['prompts'][:examples] for b in BENCHES},
+               machine=f"cpu x{os.cpu_count()}, {'native' if bf16_is_fast('cpu') else 'no native'} bf16", prompts={b: ctx['samples'][b]['prompts'][:examples] for b in BENCHES},
                unigram=cached('unigram', lambda: score_point('unigram', '', 1.0, ctx)))
-    res['gpt'] = dict(step_ms=solo_step_ms(gpt_dir, 'gpt', solo_steps), points={
+    res['gpt'] = dict(run=gpt_dir, points={
         s: cached(f'gpt_{gpt_dir}_{s}', lambda: score_point('gpt', d, 1.0, ctx)) for s, d in gpt_points.items()})
-    res['dits'] = {}
-    for run, cfg in dit_runs.items():
-        pts = {s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx)) for s, d in dit_points[run].items()}
-        know = {s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows)) for s, d in dit_points[run].items()}
-        res['dits'][f'{os.path.basename(run)} cfg {cfg:g}'] = dict(step_ms=solo_step_ms(run, 'dit', solo_steps), points=pts, knowledge=know,
-                                                                    gaps=gaps(res['gpt']['points'], pts))
+    res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}': dict(run=run, points={
+        s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx)) for s, d in dit_points[run].items()},
+        knowledge={s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows))
+                   for s, d in dit_points[run].items()}) for run, cfg in dit_runs.items()}
+    if score_only:  # runs still going: score (and cache) what they have kept so far, write nothing else
+        for name, r in [('GPT', res['gpt'])] + list(res['dits'].items()):
+            print(name, {s: [round(p[b]['genppl']) for b in BENCHES] for s, p in r['points'].items()})
+        sys.exit()
+    res['gpt']['step_ms'] = solo_step_ms(gpt_dir, 'gpt', solo_steps)
+    for r in res['dits'].values():
+        r.update(step_ms=solo_step_ms(r['run'], 'dit', solo_steps), gaps=gaps(res['gpt']['points'], r['points']))
     os.makedirs(os.path.dirname(out_file), exist_ok=True)
     with open(out_file, 'w') as f:
         json.dump(res, f, indent=1)
