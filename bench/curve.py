@@ -218,7 +218,7 @@ def markdown(res):
 
 if __name__ == '__main__':
     gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
-    dits = 'out/curve/dit_tokens:2'  # DiT runs as folder:cfg, comma-separated
+    dits = 'out/curve/dit_tokens:2'  # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
     judge = 'out/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'
     num_samples = 64  # per benchmark
@@ -230,11 +230,17 @@ if __name__ == '__main__':
     out_file = 'bench/results/curve.json'
     exec(open(os.path.join(ROOT, 'configurator.py')).read())
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
-    try:
-        dit_runs = {d.split(':')[0]: float(d.split(':')[1]) for d in dits.split(',') if d}
-    except (IndexError, ValueError):
-        raise SystemExit(f"error: --dits takes folder:cfg pairs, comma-separated (like out/curve/dit_tokens:2), got {dits!r}")
-    gpt_points, dit_points = run_points(gpt_dir), {d: run_points(d) for d in dit_runs}
+    dit_runs = []  # (folder, cfg, {steps: checkpoint folder})
+    for d in filter(None, dits.split(',')):
+        spec, _, only = d.partition('@')
+        try:
+            run, cfg = spec.split(':')
+            pts = {s: p for s, p in run_points(run).items() if not only or str(s) in only.split('+')}
+            dit_runs.append((run, float(cfg), pts))
+        except ValueError:
+            raise SystemExit(f"error: --dits takes folder:cfg, or folder:cfg@steps+steps, comma-separated (like "
+                             f"out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000), got {d!r}")
+    gpt_points = run_points(gpt_dir)
     if os.path.realpath(judge) in {os.path.realpath(p) for p in gpt_points.values()} | {os.path.realpath(gpt_dir)}:
         raise SystemExit(f"error: the judge {judge} is a contestant: train a GPT of its own (see bench/curve.py)")
     from transformers.utils import logging as hf_logging
@@ -272,16 +278,19 @@ if __name__ == '__main__':
     res['gpt'] = dict(run=gpt_dir, points={
         s: cached(f'gpt_{gpt_dir}_{s}', lambda: score_point('gpt', d, 1.0, ctx)) for s, d in gpt_points.items()})
     res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}': dict(run=run, points={
-        s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx)) for s, d in dit_points[run].items()},
+        s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx)) for s, d in pts.items()},
         knowledge={s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows))
-                   for s, d in dit_points[run].items()}) for run, cfg in dit_runs.items()}
+                   for s, d in pts.items()}) for run, cfg, pts in dit_runs}
     if score_only:  # runs still going: score (and cache) what they have kept so far, write nothing else
         for name, r in [('GPT', res['gpt'])] + list(res['dits'].items()):
             print(name, {s: [round(p[b]['genppl']) for b in BENCHES] for s, p in r['points'].items()})
         sys.exit()
     res['gpt']['step_ms'] = solo_step_ms(gpt_dir, 'gpt', solo_steps)
+    timed = {}  # a run sampled at several guidance scales is timed once
     for r in res['dits'].values():
-        r.update(step_ms=solo_step_ms(r['run'], 'dit', solo_steps), gaps=gaps(res['gpt']['points'], r['points']))
+        if r['run'] not in timed:
+            timed[r['run']] = solo_step_ms(r['run'], 'dit', solo_steps)
+        r.update(step_ms=timed[r['run']], gaps=gaps(res['gpt']['points'], r['points']))
     os.makedirs(os.path.dirname(out_file), exist_ok=True)
     with open(out_file, 'w') as f:
         json.dump(res, f, indent=1)
