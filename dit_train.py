@@ -51,7 +51,6 @@ t_mean = 0.0
 t_std = 1.5
 # model
 head = 'velocity'  # 'velocity': regress x1 - x0 with MSE (the paper); 'tokens': score interpolation, trained with cross-entropy
-self_cond = False  # half of the batches also read the DiT's own first estimate of the clean target (CDCD, Plaid)
 n_embd = 256
 n_head = 4
 n_layer = 6
@@ -94,7 +93,7 @@ lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(de
 C = vae.config.latent_channels
 
 model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
-                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, self_cond=self_cond, dropout=dropout)
+                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
@@ -144,13 +143,8 @@ def flow_loss(net, batch, generator=None):
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
     tmask = lengths_to_mask(tgt_lens, Tt)
-    x1_hat = None
-    if self_cond and torch.rand(1, generator=generator, device=device).item() < 0.5:
-        with torch.no_grad(), autocast:  # a first pass without an estimate; the second learns to refine it
-            v = net(x, t, is_target, mask)
-        x1_hat = x + (1 - t[:, None, None]) * v.float()
     with autocast:
-        out = net(x, t, is_target, mask, return_logits=head == 'tokens', x1_hat=x1_hat)
+        out = net(x, t, is_target, mask, return_logits=head == 'tokens')
     if head == 'tokens':
         logits = take_segment(out[1], ctx_lens, Tt)  # (B, Tt, vocab)
         per_token = F.cross_entropy(logits.transpose(1, 2), take_segment(idx, ctx_lens, Tt), reduction='none')

@@ -219,7 +219,6 @@ class DiTConfig:
     n_head: int = 4
     n_layer: int = 6
     vocab_size: int = 0      # 0: a velocity head (the paper); > 0: a token head (score interpolation, see TextDiT)
-    self_cond: bool = False  # also read the previous estimate of the clean target (self-conditioning, CDCD / Plaid)
     bias: bool = False
     dropout: float = 0.0
 
@@ -244,7 +243,7 @@ class TextDiT(nn.Module):
         super().__init__()
         self.config = config
         d = config.n_embd
-        self.in_proj = nn.Linear(config.latent_channels * (2 if config.self_cond else 1), d)
+        self.in_proj = nn.Linear(config.latent_channels, d)
         self.segment = nn.Embedding(2, d)  # 0: context, 1: target
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.body = Transformer(config.n_layer, d, config.n_head, adaln=True, bias=config.bias, dropout=config.dropout)
@@ -262,16 +261,11 @@ class TextDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, is_target, mask=None, return_logits=False, x1_hat=None):
+    def forward(self, x, t, is_target, mask=None, return_logits=False):
         """x (B, T, C) latents, t (B,) time in [0, 1) (1 = data), is_target (B, T) bool, mask (B, T) bool
         for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
-        return_logits (token head): also the logits (B, T, vocab). x1_hat (B, T, C), with self_cond: the previous
-        estimate of the clean latents x_t + (1 - t) v, read at the target positions (None: no estimate yet)."""
-        inp = x
-        if self.config.self_cond:
-            x1_hat = torch.zeros_like(x) if x1_hat is None else x1_hat.to(x.dtype) * is_target[..., None]
-            inp = torch.cat([x, x1_hat], dim=-1)
-        h = self.in_proj(inp.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
+        return_logits (token head): also the logits (B, T, vocab)."""
+        h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
         c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
         h = self.body(h, mask, c)
         shift, scale = self.final_adaln(c).chunk(2, dim=-1)
@@ -287,16 +281,16 @@ class TextDiT(nn.Module):
         x1 = logits.softmax(-1) @ self.token_latents
         return (x1 - x.float()) / (1 - t.float()[:, None, None]).clamp(min=1e-3)
 
-    def forward_with_cfg(self, x, t, is_target, mask, cfg_scale, x1_hat=None):
+    def forward_with_cfg(self, x, t, is_target, mask, cfg_scale):
         """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context] ->
         the guided velocity null + cfg_scale * (conditional - null) of the conditional half. The velocity head guides
         the velocity; the token head guides its logits (as an autoregressive LM would), so the clean estimate
         stays a mixture of token latents."""
         half = x.size(0) // 2
         if not self.config.vocab_size:
-            v_ctx, v_null = self(x, t, is_target, mask, x1_hat=x1_hat).chunk(2)
+            v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
             return v_null + cfg_scale * (v_ctx - v_null)
-        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True, x1_hat=x1_hat)[1].chunk(2)
+        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)
         return self.velocity_from_logits(l_null + cfg_scale * (l_ctx - l_null), x[:half], t[:half])
 
 @torch.no_grad()
