@@ -17,9 +17,10 @@ interpolated in log steps on the GPT's best-so-far curve); outside the GPT's cur
 
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=500 --keep_steps=30,60,125,250,500
     python ar_train.py config/gpt_tiny.py --out_dir=out/judge --max_iters=2000 --seed=2024 --eval_interval=500
-    python dit_train.py config/dit_tiny.py --out_dir=out/curve/dit_tokens --head=tokens --max_iters=4000 \
-        --keep_steps=500,1000,2000,4000 --eval_interval=500
-    python bench/curve.py --dits=out/curve/dit_tokens:2 --judge=out/judge   # -> bench/results/curve.{json,md,png}
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py          # the default DiT, 500 to 4000 steps
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --head=velocity --out_dir=out/curve/dit_velocity \
+        --max_iters=1000 --lr_decay_iters=4000 --keep_steps=500,1000        # the paper's head on the same schedule
+    python bench/curve.py   # these four runs, the token head at CFG 2 (and 1, 4 at 2000) -> bench/results/curve.*
 
 Each run folder's step<N>/ checkpoints are its curve (trainers' --keep_steps). A model point's figures are cached
 in out/curve/points/, so adding a run re-scores only what is new.
@@ -218,7 +219,8 @@ def markdown(res):
 
 if __name__ == '__main__':
     gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
-    dits = 'out/curve/dit_tokens:2'  # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
+    dits = ('out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000,out/curve/dit_tokens:1@2000,'
+            'out/curve/dit_velocity:8')  # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
     judge = 'out/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'
     num_samples = 64  # per benchmark

@@ -209,7 +209,7 @@ if __name__ == '__main__':
             rows[name] = lever(name, num_samples, dit_iters, gpt)
         except NotRun as e:
             print(f'not run yet, left out: {name} ({e})')
-    # what more compute buys: DiTs trained twice as long (config/dit_tiny_long.py: the schedule set for it)
+    # what more compute buys: DiTs trained twice as long (the schedule set for it)
     long = {}
     for name in LONG:
         try:
@@ -224,7 +224,7 @@ if __name__ == '__main__':
             f"\n\n{num_samples} samples per benchmark; [95% bootstrap interval]; generative perplexity under the "
             f"same-budget GPT; sampled with CFG 2 unless the lever says. Commands: dit_learns.json.\n\n"
             f"What more compute buys: {', '.join(LONG)} trained {2 * dit_iters} steps with the schedule set for them "
-            f"(config/dit_tiny_long.py); minutes = the VAE and the DiT's steps timed alone on the 2-core CPU "
+            f"; minutes = the VAE and the DiT's steps timed alone on the 2-core CPU "
             f"(bench/results/vae_tiny.json, dit_tiny.json)\n\n" +
             table({f'{name}, {s} steps, {minutes(s):.0f} min': r for name, runs in long.items() for s, r in runs.items()},
                   'DiT, steps') + '\n')
