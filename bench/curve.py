@@ -195,7 +195,8 @@ def markdown(res):
                         f"{100 * r[b]['real_words']:.0f}% | {100 * r[b]['genre']:.0f}% | {100 * r[b]['same_noise_words']:.0f}%")
     head = ' | '.join(f"{b}: gen. PPL | MAUVE | real words | genre | same-noise words" for b in BENCHES)
     lines = [f"# The compute gap to AR\n\n`{res['command']}`\n\nJudge: `{res['judge']}` (not a contestant). "
-             f"{res['num_samples']} samples per benchmark, [95% bootstrap interval]. Minutes: a run's median step "
+             f"{res['num_samples']} samples per benchmark, [95% bootstrap interval] (MAUVE's: resampled sets repeat "
+             f"samples, which MAUVE's clustering scores differently, so read it as a spread, not a confidence interval). Minutes: a run's median step "
              f"x steps, on {res['machine']}, {'timed alone' if res['solo_steps'] else 'from the runs (not timed alone)'}.\n", f"| model | steps | minutes | {head} | gap (wiki / lit) | knowledge share t=0.35 / 0.5 |",
              '|' + '---|' * (5 * len(BENCHES) + 5)]
     lines.append(f"| unigram floor | 0 | 0 | {' | '.join(fmt(res['unigram'], b) for b in BENCHES)} | | |")
