@@ -5,7 +5,8 @@
 # tied with the head as in GPT-2: 457.3M in all (612.7M if the head were untied).
 out_dir = 'out/gpt_medium'
 data_dir = 'data/openwebtext2'
-batch_size = 32  # per GPU: x 8 GPUs = 256 windows of up to 1024 tokens
+batch_size = 16  # per GPU, x 2 micro-steps x 8 GPUs = the DiT's 256 windows of up to 1024 tokens: 32 at once would
+gradient_accumulation_steps = 2  # not fit in 80 GB (bench/results/paper_sizes.json: its vocabulary's logits)
 block_size = 1024
 min_len = 32
 n_layer = 24
