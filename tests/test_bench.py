@@ -19,14 +19,7 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
     assert all(v > 0 for k, v in tr['ratios'].items() if k != 'goals')
     assert set(lat['batch1_seconds']) == {'6', '12'}
     assert all(v['ldm'] > 0 and v['gpt'] > 0 and v['runs'] == [1, 1] for v in lat['batch1_seconds'].values())
-    # samples/s at each batch: the GPT, and the TextLDM of each head at each k and cfg_until, beside the GPT's
-    sps = lat['samples_per_s']
-    assert set(sps['gpt']) == {'1', '2'} and all(v > 0 for v in sps['gpt'].values())
-    assert {(r['model'], r['cfg_until'], r['steps'], r['batch']) for r in sps['ldm']} == \
-        {(h, u, k, b) for h in ('velocity', 'tokens') for u in (1.0, 0.7) for k in (2, 3) for b in (1, 2)}
-    assert all(r['samples_per_s'] > 0 and r['over_gpt'] > 0 for r in sps['ldm'])
-    assert sps['default'] == next(r for r in sps['ldm'] if (r['model'], r['cfg_until'], r['steps'], r['batch']) == ('velocity', 1.0, 2, 2))
-    assert (tmp_path / 'sampling.md').read_text().count('| TextLDM') == 8
+    assert lat['batch']['ldm_samples_per_s'] > 0 and lat['batch']['gpt_samples_per_s'] > 0
     # the GPT is made as deep as needed to match the TextLDM's parameters
     params = lat['params']
     assert params['ldm'] == params['ldm_vae'] + params['ldm_dit'] and abs(params['gpt'] / params['ldm'] - 1) < 0.1
