@@ -145,9 +145,9 @@ def flow_loss(net, batch, generator=None):
     tmask = lengths_to_mask(tgt_lens, Tt)
     with autocast:
         out = net(x, t, is_target, mask, return_logits=head == 'tokens')
-    if head == 'tokens':
-        logits = take_segment(out[1], ctx_lens, Tt)  # (B, Tt, vocab)
-        per_token = F.cross_entropy(logits.transpose(1, 2), take_segment(idx, ctx_lens, Tt), reduction='none')
+    if head == 'tokens':  # the logits are the target positions', in the order of x[is_target], as of tmask
+        per_token = x1.new_zeros(B, Tt)
+        per_token[tmask] = F.cross_entropy(out[1].float(), take_segment(idx, ctx_lens, Tt)[tmask], reduction='none')
     else:
         per_token = ((take_segment(out.float(), ctx_lens, Tt) - (x1 - x0)) ** 2).mean(-1)
     per_sample = per_token.mul(tmask).sum(1) / tgt_lens  # (B,)

@@ -264,21 +264,26 @@ class TextDiT(nn.Module):
     def forward(self, x, t, is_target, mask=None, return_logits=False):
         """x (B, T, C) latents, t (B,) time in [0, 1) (1 = data), is_target (B, T) bool, mask (B, T) bool
         for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
-        return_logits (token head): also the logits (B, T, vocab)."""
+        return_logits (token head): also the logits of the target positions, (number of targets, vocab) in
+        the order of x[is_target]."""
         h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
         c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
         h = self.body(h, mask, c)
         shift, scale = self.final_adaln(c).chunk(2, dim=-1)
-        out = self.out_proj(modulate(h, shift, scale))
         if not self.config.vocab_size:
-            return out
-        logits = out.float()
-        v = self.velocity_from_logits(logits, x, t)
+            return self.out_proj(modulate(h, shift, scale))
+        # the vocabulary-wide head only where it is read, at the target positions: it costs more than the body
+        row = is_target.nonzero(as_tuple=True)[0]
+        logits = self.out_proj(modulate(h[is_target], shift[row, 0], scale[row, 0]))
+        v = self.velocity_from_logits(logits, x, t, is_target)
         return (v, logits) if return_logits else v
 
-    def velocity_from_logits(self, logits, x, t):
-        """Token head: x1 = softmax(logits) @ E, the expected clean latent, and v = (x1 - x_t) / (1 - t)."""
-        x1 = logits.softmax(-1) @ self.token_latents
+    def velocity_from_logits(self, logits, x, t, is_target):
+        """Token head: x1 = softmax(logits) @ E at the target positions (the context's x1 is left at 0), the
+        expected clean latent, and v = (x1 - x_t) / (1 - t). The softmax and its expectation run in the logits'
+        dtype: in bf16, 5x faster on a CPU than in float32, and x1 moves by ~1e-3 of its scale."""
+        x1 = x.new_zeros(x.shape, dtype=torch.float32)
+        x1[is_target] = (logits.softmax(-1) @ self.token_latents.to(logits.dtype)).float()
         return (x1 - x.float()) / (1 - t.float()[:, None, None]).clamp(min=1e-3)
 
     def forward_with_cfg(self, x, t, is_target, mask, cfg_scale):
@@ -289,9 +294,9 @@ class TextDiT(nn.Module):
         half = x.size(0) // 2
         if not self.config.vocab_size:
             v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
-            return v_null + cfg_scale * (v_ctx - v_null)
-        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)
-        return self.velocity_from_logits(l_null + cfg_scale * (l_ctx - l_null), x[:half], t[:half])
+            return torch.lerp(v_null, v_ctx, cfg_scale)  # null + cfg_scale * (ctx - null), in one pass
+        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)  # both halves: the same targets
+        return self.velocity_from_logits(torch.lerp(l_null, l_ctx, cfg_scale), x[:half], t[:half], is_target[:half])
 
 @torch.no_grad()
 def token_latent_means(encode, batches, vocab_size):

@@ -36,7 +36,7 @@ def train_copy(head, iters=150, batch_size=32, p_drop_context=0.1, lr=3e-3, seed
         x, is_target, mask = pack_segments(zc, lens, xt, lens)
         if head == 'tokens':
             _, logits = dit(x, t, is_target, mask, return_logits=True)
-            loss = F.cross_entropy(take_segment(logits, lens, L)[tmask], tokens[tmask])
+            loss = F.cross_entropy(logits.float(), tokens[tmask])  # the target positions' logits
         else:
             v = take_segment(dit(x, t, is_target, mask), lens, L)
             loss = masked_mean((v - (x1 - x0)) ** 2, tmask)
