@@ -2,7 +2,7 @@
 The models eval.py compares, behind one interface: generate(prompts, lengths, seed) -> texts, each text the
 continuation of its prompt by as many tokens of the model's tokenizer as asked for.
 
-- textldm: a trained TextLDM (sample.py's LDM and generate: Euler steps, classifier-free guidance);
+- textldm: a trained TextLDM (sample.py's LDM and generate: the flow ODE's solver, classifier-free guidance);
 - gpt: the autoregressive baseline trained by ar_train.py (load_gpt, gpt_generate);
 - gpt2, gpt2-medium, gpt2-large: the pretrained GPT-2s of transformers, from the hub or a local folder;
 - reference: no generate (None): eval.py scores the true continuation itself (the ceiling);
@@ -15,20 +15,20 @@ import numpy as np
 import torch
 
 from checkpoint import load_checkpoint, unwrap_state_dict
-from sample import CFG
+from sample import CFG, CFG_UNTIL, SOLVER, STEPS
 
 MODELS = ('textldm', 'gpt', 'gpt2', 'gpt2-medium', 'gpt2-large', 'reference', 'unigram')
 HF_MODELS = {'gpt2': 'openai-community/gpt2', 'gpt2-medium': 'openai-community/gpt2-medium',
              'gpt2-large': 'openai-community/gpt2-large'}  # 137M, 355M, 774M
 
-def load_model(model, out_dir, device, data_dir, steps=50, cfg=CFG, vae_ckpt='', greedy=False, temperature=1.0,
-               top_k=0, top_p=1.0):
+def load_model(model, out_dir, device, data_dir, steps=STEPS, cfg=CFG, vae_ckpt='', greedy=False, temperature=1.0,
+               top_k=0, top_p=1.0, solver=SOLVER, cfg_until=CFG_UNTIL):
     """model (one of MODELS) -> (generate or None for 'reference', encode, decode, the model's context in tokens).
     top_k=0 and top_p=1.0 switch those filters off."""
     if model == 'textldm':
         from sample import LDM, generate
         ldm = LDM(out_dir or 'out/dit_tiny', vae_ckpt or None, device)
-        gen = lambda prompts, lengths, seed: generate(ldm, prompts, lengths, steps, cfg, seed)
+        gen = lambda prompts, lengths, seed: generate(ldm, prompts, lengths, steps, cfg, seed, solver, cfg_until)
         return gen, ldm.enc.encode_ordinary, ldm.enc.decode, ldm.longest
     if model == 'gpt':
         net, enc = load_gpt(out_dir or 'out/gpt_tiny', device)

@@ -31,7 +31,7 @@ _RANGES = {
                      'beta_kl', 'dec_noise', 'repa_weight', 'cfg', 'peak_tflops', 'top_k',
                      'mauve_buckets', 'bertscore_layers'], '>= 0'),
     **dict.fromkeys(['learning_rate', 't_std', 'temperature'], '> 0'),
-    **dict.fromkeys(['p_drop_context', 'p_uncond'], '[0, 1]'),
+    **dict.fromkeys(['p_drop_context', 'p_uncond', 'cfg_until'], '[0, 1]'),
     **dict.fromkeys(['dropout', 'beta1', 'beta2', 'ema_decay', 'val_frac', 'test_frac'], '[0, 1)'),
     'top_p': '(0, 1]',
 }
@@ -42,6 +42,7 @@ _CHOICES = {
     'backend': ('auto', 'nccl', 'gloo'),
     'head': ('velocity', 'tokens'),
     't_schedule': ('logit_normal', 'uniform'),
+    'solver': ('dpm2m', 'euler'),
 }
 
 def _fail(msg):

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from baselines import MODELS, hf_load, load_gpt, load_model
-from sample import CFG
+from sample import CFG, CFG_UNTIL, SOLVER, STEPS
 from table import save_run
 
 EMBEDDED = ('wikipedia', 'literary')  # the sources in the data folder's test.jsonl
@@ -282,8 +282,10 @@ if __name__ == '__main__':
     mauve_buckets = 0  # k-means clusters; 0 = 'auto' (N/10)
     bertscore_model = 'minilm'  # or 'roberta-large' (the usual one)
     bertscore_layers = 4  # the layer it reads; 0 = bert-score's default for a model it knows (roberta-large: 17)
-    steps = 50  # textldm: Euler steps
-    cfg = CFG  # textldm: guidance scale (sample.py's default)
+    steps = STEPS  # textldm: the solver's steps (sample.py's defaults)
+    solver = SOLVER  # textldm: 'dpm2m' or 'euler'
+    cfg = CFG  # textldm: guidance scale
+    cfg_until = CFG_UNTIL  # textldm: guidance while t < cfg_until
     greedy = False  # gpt, gpt2*: sampling settings
     temperature = 1.0
     top_k = 0  # 0 = off
@@ -311,7 +313,7 @@ if __name__ == '__main__':
     scorers = load_metrics(metric_names, device, mauve_featurizer, mauve_buckets, bertscore_model, bertscore_layers,
                            64, seed, judge)
     gen, encode, decode, context = load_model(model, out_dir, device, data_dir, steps, cfg, vae_ckpt, greedy,
-                                              temperature, top_k, top_p)
+                                              temperature, top_k, top_p, solver, cfg_until)
     window = min(block_size, context)
 
     t_start, results, examples, seconds = time.time(), {}, {}, {}

@@ -10,8 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from baselines import load_model
 from conftest import README_SAMPLE, TEXT, ok, one_line_error, readme_commands, run_main, run_script
-from model import TextDiT, flow_time
+from model import TextDiT, flow_time, pack_segments, take_segment
+import sample
 from sample import LDM, generate, sample_latents
 
 class GaussianFlow(torch.nn.Module):
@@ -64,10 +66,69 @@ def test_sampler_lands_on_the_gaussian_data_distribution():
     assert abs(x.mean().item() - 2.0) < 0.02
     assert abs(x.std().item() - 0.5) < 0.02
 
+def old_euler(flow, ctx, ctx_lens, tgt_lens, steps, cfg, generator):
+    """The sampler as it was before its solver and guidance options, kept verbatim as the reference."""
+    B, Tt, C = ctx.size(0), int(tgt_lens.max()), flow.config.latent_channels
+    x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
+    ctx, ctx_lens, tgt_lens = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)
+    ts = flow_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64))
+    for k in range(steps):
+        packed, is_target, mask = pack_segments(ctx, ctx_lens, torch.cat([x, x]).float(), tgt_lens)
+        t = torch.full((packed.size(0),), float(ts[k]), device=x.device)
+        v = take_segment(flow.forward_with_cfg(packed, t, is_target, mask, cfg).double(), ctx_lens[:B], Tt)
+        x = x + (ts[k + 1] - ts[k]).item() * v
+    return x.float()
+
+def test_the_euler_solver_is_the_old_sampler():
+    flow = GaussianFlow(m=1.0, s=0.5, channels=3)
+    ctx, ctx_lens, tgt_lens = torch.randn(4, 5, 3), torch.tensor([5, 2, 1, 3]), torch.tensor([6, 6, 2, 4])
+    new = sample_latents(flow, ctx, ctx_lens, tgt_lens, 7, 3.0, solver='euler', cfg_until=1.0,
+                         generator=torch.Generator().manual_seed(0))
+    old = old_euler(flow, ctx, ctx_lens, tgt_lens, 7, 3.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(new, old, rtol=0, atol=1e-6)  # the step in x1 form is Euler's up to float64 rounding
+
+def test_dpm2m_is_far_closer_to_the_exact_solution_than_euler():
+    """On the Gaussian flow, whose ODE solution is known: x0 -> m + s * x0 at t = 1. Halving the step halves Euler's
+    error (first order); DPM-Solver++(2M)'s is 5x smaller at 8 steps and stays well below. Its first and last steps
+    are Euler's (the log SNR is infinite at t = 0 and 1), so its error does not fall at a clean second order."""
+    flow, B = GaussianFlow(m=2.0, s=0.5, channels=4), 64
+    x0 = torch.randn(B, 8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    def error(solver, steps):
+        x = sample_latents(flow, torch.zeros(B, 0, 4), torch.zeros(B, dtype=torch.long), torch.full((B,), 8), steps,
+                           solver=solver, schedule='uniform', generator=torch.Generator().manual_seed(0))
+        return (x.double() - (2.0 + 0.5 * x0)).pow(2).mean().sqrt().item()
+    euler, dpm = [error('euler', n) for n in (8, 16, 32)], [error('dpm2m', n) for n in (8, 16, 32)]
+    assert all(1.8 < a / b < 2.2 for a, b in zip(euler, euler[1:])), euler
+    assert all(a > b for a, b in zip(dpm, dpm[1:])) and all(d < e / 4 for d, e in zip(dpm, euler)), (dpm, euler)
+
+class Counted(GaussianFlow):
+    """The Gaussian flow that records the batch of every forward."""
+    rows = []
+
+    def forward(self, x, t, is_target, mask):
+        self.rows.append(x.size(0))
+        return super().forward(x, t, is_target, mask)
+
+@pytest.mark.parametrize('solver', ['dpm2m', 'euler'])
+def test_guidance_only_while_t_is_below_cfg_until(solver):
+    flow = Counted(m=0.0, s=1.0, channels=2)
+    ctx, ctx_lens, tgt_lens = torch.full((3, 2, 2), 5.0), torch.full((3,), 2), torch.full((3,), 4)
+    def run(cfg, until):
+        flow.rows.clear()
+        return sample_latents(flow, ctx, ctx_lens, tgt_lens, 10, cfg, solver=solver, cfg_until=until,
+                              generator=torch.Generator().manual_seed(0))
+    # an interval that covers nothing: conditional forwards of the batch alone, as without guidance
+    assert torch.equal(run(4.0, 0.0), run(1.0, 1.0)) and flow.rows == [3] * 10
+    run(4.0, 1.0)
+    assert flow.rows == [6] * 10  # every step guided: [conditional ; null] in one forward
+    run(4.0, 0.5)  # the logit-normal grid of 10 steps has 5 times below its median 0.5
+    assert flow.rows == [6] * 5 + [3] * 5
+
 def test_guidance_scale_1_is_conditional_and_0_is_unconditional():
     flow = GaussianFlow(m=0.0, s=1.0, channels=2)
     ctx, ctx_lens, tgt_lens = torch.full((2, 3, 2), 5.0), torch.full((2,), 3), torch.full((2,), 4)
-    run = lambda c, w: sample_latents(flow, c, ctx_lens, tgt_lens, steps=10, cfg=w, generator=torch.Generator().manual_seed(0))
+    run = lambda c, w: sample_latents(flow, c, ctx_lens, tgt_lens, steps=10, cfg=w, cfg_until=1.0,
+                                      generator=torch.Generator().manual_seed(0))  # guided at every step
     assert torch.allclose(run(ctx, 1.0), run(ctx, 0.0) + 5.0, atol=1e-4)  # the context moves the mean by 5
     assert torch.allclose(run(ctx, 0.0), run(torch.zeros_like(ctx), 1.0), atol=1e-6)  # null = zero context
     # w = 3 extrapolates: the unconditional plus 3 times the context's pull
@@ -123,6 +184,15 @@ def test_sample_takes_any_text_as_the_prompt(dit_dir):
     out = ok(run_main('sample.py', f'--out_dir={dit_dir}', '--prompt=1984', '--length=4', '--steps=2'))
     assert "prompt: '1984'" in out and '1984 >>> ' in out  # not refused as an int
 
+def test_the_sampler_options_reach_the_sampler_from_sample_py_and_eval(dit_dir, monkeypatch):
+    out = ok(run_main('sample.py', f'--out_dir={dit_dir}', '--prompt=the river', '--length=4', '--steps=3', '--solver=euler',
+                      '--cfg_until=0.5'))
+    assert '(cfg 2.0 while t < 0.5, 3 euler steps)' in out
+    seen, real = [], sample.sample_latents
+    monkeypatch.setattr(sample, 'sample_latents', lambda *a, **kw: seen.append((a[4:6], kw['solver'], kw['cfg_until'])) or real(*a, **kw))
+    load_model('textldm', dit_dir, 'cpu', '', 3, 2.0, solver='euler', cfg_until=0.5)[0](['the river'], [4], 1)  # as eval.py calls it
+    assert seen == [((3, 2.0), 'euler', 0.5)]
+
 @pytest.mark.parametrize('line', [README_SAMPLE, 'python sample.py'])
 def test_the_readme_sample_lines_run_as_written(dit_dir, line):
     assert line in [c[0] for c in readme_commands()]
@@ -136,6 +206,8 @@ def test_the_readme_sample_lines_run_as_written(dit_dir, line):
     # --length=0, --steps=0, --cfg=-1, --cfg=1e999, --num_samples=0: the configurator's ranges (tests/test_configurator.py)
     (['--length=100000'], '--length must be between 1 and 64 tokens for this model, got 100000'),
     (['--out_dir=/nonexistent'], 'no checkpoint at /nonexistent/ckpt.pt'),
+    (['--solver=rk4'], "solver must be one of dpm2m, euler, got 'rk4'"),
+    (['--cfg_until=2'], 'cfg_until must be in [0, 1], got 2.0'),
 ])
 def test_sample_bad_input_is_one_clear_line(dit_dir, args, message):
     one_line_error(run_main('sample.py', f'--out_dir={dit_dir}', *args), message)
