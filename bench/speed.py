@@ -5,13 +5,16 @@ Speed of TextLDM against the GPT baseline, measured in one run so that the ratio
   throughput.json  training tokens/s (median step after warmup) at equal width and number of blocks: GPT n_layer, DiT
                    n_layer, VAE n_layer/2 encoder + n_layer/2 decoder, on one batch of real windows; the VAE with the
                    frozen REPA teacher's forward and without it, the DiT alone and with the frozen VAE's encode
-  latency.json     seconds to continue a prompt at batch 1 for each length, TextLDM (VAE encode, Euler steps with batched
-                   CFG, VAE decode) vs the GPT with its KV cache made as deep as needed to match the TextLDM's parameters
-                   (VAE + DiT); and samples/s at batch sample_batch
+  latency.json     seconds to continue a prompt at batch 1 for each length, TextLDM (VAE encode, sample.py's default
+                   sampler with batched CFG, VAE decode) vs the GPT with its KV cache made as deep as needed to match the
+                   TextLDM's parameters (VAE + velocity DiT), in float32 and in bf16, the faster compared; and samples/s
+                   of sample_batch_length new tokens at each of sample_batches, for the TextLDM of each DiT head with
+                   sample.py's solver and guidance interval at each k in ks, and with the paper's sampler (Euler,
+                   guided at every step, paper_steps) (sampling.md: the table)
   memory           on CPUs the phase's peak resident set (ru_maxrss, torch included; 'own': less the RSS before the
                    phase), on GPUs torch.cuda.max_memory_allocated
 
-    python bench/speed.py                               # config/*_tiny.py's sizes: about 5 minutes on 2 CPU cores
+    python bench/speed.py                               # config/*_tiny.py's sizes: about 25 minutes on 2 CPU cores
     python bench/speed.py --device=cuda --compile=True  # compile applies to the training steps
     python bench/speed.py --lengths=64,256 --repeats=5  # a single length: --lengths=64,
 """
@@ -27,7 +30,7 @@ from data import TokenData, load_meta, get_tokenizer
 from model import (TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, encode_segments, pack_segments, take_segment,
                    lengths_to_mask, masked_mean, gaussian_kl, num_params)
 from model import flow_time
-from sample import sample_latents
+from sample import sample_latents, CFG_UNTIL, SOLVER, STEPS
 from training import setup, prepare_model
 
 data_dir, out_dir = 'data/embedded', 'bench/results'
@@ -35,18 +38,21 @@ device, dtype, compile = 'cpu', 'bfloat16', False
 batch_size, block_size, n_embd, n_head, n_layer, latent_channels = 32, 128, 256, 4, 6, 16  # as config/*_tiny.py
 repa_teacher = 'minilm'
 warmup, iters = 3, 10                       # training steps: untimed, then timed
-lengths, prompt_len, steps, cfg = (64, 128, 256, 512, 1024), 16, 50, 2.0
+lengths, prompt_len, cfg = (64, 128, 256, 512, 1024), 16, 2.0
+steps, paper_steps = STEPS, 50             # sample.py's default sampler at `steps`, the paper's (Euler, always guided)
+ks, heads = (4, 8, 16, 32, 50), ('tokens', 'velocity')  # samples/s: sample.py's solver at each k; the default head first
 repeats, budget_s = 3, 20.0                 # sampling runs per length: up to repeats, fewer once budget_s is spent
-sample_batch, sample_batch_length = 32, 128
+sample_batches, sample_batch_length = (1, 8, 32), 128
 quick = False                               # tiny sizes, for the test
 phase = ''                                  # internal: the phase a child process measures
 exec(open(os.path.join(ROOT, 'configurator.py')).read())
 if quick:  # tiny sizes, but for what the command line sets
     given = {arg[2:].split('=')[0] for arg in sys.argv[1:]}
     tiny = dict(batch_size=4, block_size=32, n_embd=64, n_head=2, n_layer=2, warmup=1, iters=2, lengths=(8, 16), prompt_len=4,
-                steps=2, repeats=1, sample_batch=2, sample_batch_length=8)
+                steps=2, ks=(2, 3), paper_steps=3, repeats=1, sample_batches=(1, 2), sample_batch_length=8)
     globals().update({k: v for k, v in tiny.items() if k not in given})
 
+SAMPLERS = [(SOLVER, CFG_UNTIL, k) for k in dict.fromkeys((steps, *ks))] + [('euler', 1.0, paper_steps)]
 env = setup(device, dtype, 'auto', 1337, 1)
 dev, autocast, gpu = env['device'], env['autocast'], env['device_type'] == 'cuda'
 meta = load_meta(data_dir)
@@ -129,34 +135,50 @@ def gpt_phase():
     return train_step('gpt', GPT(GPTConfig(V, block_size, n_embd, n_head, n_layer)), lambda model: model(idx[:, :-1], y)[1])
 
 def sampling_phase(which):
-    """Seconds at batch 1 for each length, then samples/s at batch sample_batch, by the TextLDM (VAE + DiT) or by the
-    GPT whose depth matches the TextLDM's parameters (counted on the 'meta' device); the memory after batch 1 too."""
+    """Seconds at batch 1 for each length (the TextLDM: the default sampler of its first head), then samples/s at
+    each of sample_batches, by the TextLDM (VAE + DiT of each head, with each of SAMPLERS) or by the GPT whose depth
+    matches the TextLDM's parameters (VAE + velocity DiT, counted on the 'meta' device) in float32 and under bf16
+    autocast (its faster one is the one compared); the memory after batch 1 too."""
     T = max(lengths + (sample_batch_length,)) + prompt_len
-    ldm = lambda: (make_vae(T), TextDiT(DiTConfig(latent_channels, T, n_embd, n_head, n_layer)))
+    make_dit = lambda head: TextDiT(DiTConfig(latent_channels, T, n_embd, n_head, n_layer, V if head == 'tokens' else 0))
     gpt = lambda depth: GPT(GPTConfig(V, T, n_embd, n_head, depth))
     with torch.device('meta'):
-        (p_vae, p_dit), p1, p2 = [num_params(m, False) for m in ldm()], num_params(gpt(1), False), num_params(gpt(2), False)
+        p_vae, p_dit, p1, p2 = [num_params(m, False) for m in (make_vae(T), make_dit('velocity'), gpt(1), gpt(2))]
     depth = max(1, round(1 + (p_vae + p_dit - p1) / (p2 - p1)))
-    models = [m.to(dev).eval().requires_grad_(False) for m in (ldm() if which == 'ldm' else [gpt(depth)])]
+    ready = lambda m: m.to(dev).eval().requires_grad_(False)
+    if which == 'gpt':
+        models, ways = {'gpt': ready(gpt(depth))}, [('gpt', d) for d in ('float32', 'bfloat16')]
+    else:
+        vae = ready(make_vae(T))
+        models, ways = {head: (vae, ready(make_dit(head))) for head in heads}, [(h, s) for h in heads for s in SAMPLERS]
     g = torch.Generator(dev).manual_seed(0)
     @torch.no_grad()
-    def sample(n, B):
-        prompt, full = idx[:1, :prompt_len].expand(B, -1), lambda k: torch.full((B,), k, device=dev)
-        if which == 'gpt':  # in float32, as training.gpt_generate (on CPUs faster at batch 1 than under bf16 autocast)
-            return models[0].generate(prompt, n, generator=g)
-        vae, dit = models  # as sample.generate: the DiT under autocast, the VAE in float32
+    def sample(name, how, n, B):
+        prompt, full = idx[:1, :prompt_len].expand(B, -1), lambda n: torch.full((B,), n, device=dev)
+        if which == 'gpt':  # how: the dtype
+            with torch.autocast(env['device_type'], torch.bfloat16, enabled=how == 'bfloat16'):
+                return models[name].generate(prompt, n, generator=g)
+        (vae, dit), (solver, until, k) = models[name], how
         zc = vae.encode(prompt)[0]
-        with autocast:
-            z = sample_latents(dit, zc, full(prompt_len), full(n), steps, cfg, generator=g)
-        return vae.decode(z).argmax(-1)
-    sample(lengths[0], 1)  # warmup
+        with autocast:  # as sample.generate: the prompt's encode in float32, the DiT and the decode in bf16
+            z = sample_latents(dit, zc, full(prompt_len), full(n), k, cfg, solver=solver, cfg_until=until, generator=g)
+            return vae.decode(z).argmax(-1)
+    for name, how in ways:
+        sample(name, how, lengths[0], 1)  # warmup
     out = dict(params=dict(ldm=p_vae + p_dit, ldm_vae=p_vae, ldm_dit=p_dit, gpt=p1 + (depth - 1) * (p2 - p1), gpt_n_layer=depth))
+    first = ways[:2] if which == 'gpt' else ways[:1]  # the GPT's two dtypes; the TextLDM's default
     for n in lengths:
-        out[n] = timed(lambda: sample(n, 1), 0, repeats, budget_s)
+        runs = [timed(lambda: sample(*way, n, 1), 0, repeats, budget_s) for way in first]
+        out[n] = min(runs)
         print(f"{which} batch 1, {n} tokens: {out[n][0]:.3f} s (median of {out[n][1]})", flush=True)
     out['memory_after_batch1'] = memory()
-    out['batch'] = timed(lambda: sample(sample_batch_length, sample_batch), 0, repeats, budget_s)
-    print(f"{which} batch {sample_batch}, {sample_batch_length} tokens: {sample_batch / out['batch'][0]:.2f} samples/s", flush=True)
+    out['rows'] = []
+    for name, how in ways:
+        for B in sample_batches:
+            sec, runs = timed(lambda: sample(name, how, sample_batch_length, B), 0, repeats, budget_s)
+            way = dict(dtype=how) if which == 'gpt' else dict(zip(('solver', 'cfg_until', 'steps'), how))
+            out['rows'].append(dict(model=name, **way, batch=B, samples_per_s=round(B / sec, 3), runs=runs))
+            print(f"{name} {how}, batch {B}, {sample_batch_length} tokens: {B / sec:.2f} samples/s", flush=True)
     return out
 
 PHASES = dict(vae=vae_phase, dit=dit_phase, gpt=gpt_phase, ldm_sampling=lambda: sampling_phase('ldm'),
@@ -201,20 +223,41 @@ throughput = dict(
                                vae_cost_over_gpt_without_teacher=r3(tps['gpt'], tps['vae_without_teacher'])),
     memory_mib={p: res[p]['memory'] for p in ('vae', 'dit', 'gpt')}, **run)
 L, G = res['ldm_sampling'], res['gpt_sampling']
+gpt_rate = {b: max(r['samples_per_s'] for r in G['rows'] if r['batch'] == b) for b in sample_batches}  # its faster dtype
+rows = [dict(r, over_gpt=r3(r['samples_per_s'], gpt_rate[r['batch']])) for r in L['rows']]
+key = lambda r: (r['model'], r['solver'], r['cfg_until'], r['steps'])
+default = next((r for r in rows if key(r) == (heads[0], *SAMPLERS[0]) and r['batch'] == max(sample_batches)),
+               None)
 latency = dict(
-    setting=f"prompt {prompt_len} tokens; TextLDM: VAE encode, {steps} Euler steps with CFG {cfg} (one batched forward), VAE "
-            f"decode; GPT: KV cache, a sampled token at a time; the DiT under {dtype} autocast, the VAE and the GPT in float32 "
-            f"(as sample.generate and training.gpt_generate)", params=L['params'],
+    setting=f"prompt {prompt_len} tokens; TextLDM: VAE encode, the solver's steps with CFG {cfg} (one batched forward of "
+            f"[context ; null] while t < cfg_until, then the conditional batch alone), the DiT and the decode "
+            f"under {dtype} autocast (as sample.generate); GPT: KV cache, a sampled token at a time, in float32 and under {dtype} "
+            f"autocast, its faster one compared; batch 1 by length: the {heads[0]} head, {SAMPLERS[0]}",
+    params=L['params'],
     batch1_seconds={n: dict(ldm=round(L[n][0], 3), gpt=round(G[n][0], 3), ldm_over_gpt=r3(L[n][0], G[n][0]), runs=[L[n][1], G[n][1]])
                     for n in map(str, lengths)},
-    batch=dict(batch_size=sample_batch, length=sample_batch_length, ldm_samples_per_s=round(sample_batch / L['batch'][0], 3),
-               gpt_samples_per_s=round(sample_batch / G['batch'][0], 3), ldm_over_gpt=r3(G['batch'][0], L['batch'][0]),
-               runs=[L['batch'][1], G['batch'][1]]),
+    samples_per_s=dict(length=sample_batch_length, gpt={str(b): v for b, v in gpt_rate.items()}, gpt_rows=G['rows'], ldm=rows,
+                       default=default),
     memory_mib={w: dict(after_batch1=res[p]['memory_after_batch1'], whole_phase=res[p]['memory'])
                 for w, p in (('ldm', 'ldm_sampling'), ('gpt', 'gpt_sampling'))}, **run)
+table = [f"samples/s, {sample_batch_length} new tokens after a {prompt_len}-token prompt, and x the GPT with its KV cache "
+         f"(`{run['command']}`; {run['machine']}, {torch.get_num_threads()} threads)", '',
+         '| model | solver | steps | guided while | ' + ' | '.join(f'batch {b}' for b in sample_batches) + ' |',
+         '|---|---|---|---|' + '---|' * len(sample_batches)]
+for r in G['rows'][::len(sample_batches)]:
+    cells = [next(c for c in G['rows'] if c['dtype'] == r['dtype'] and c['batch'] == b) for b in sample_batches]
+    table.append(f"| GPT + KV cache, {L['params']['gpt'] / 1e6:.1f}M, {r['dtype']} | | | | "
+                 + ' | '.join(f"{c['samples_per_s']:.2f}" for c in cells) + ' |')
+for k in dict.fromkeys(map(key, rows)):
+    cells = [next(r for r in rows if key(r) == k and r['batch'] == b) for b in sample_batches]
+    table.append(f"| TextLDM, {k[0]} head | {k[1]} | {k[3]} | t < {k[2]:g} | "
+                 + ' | '.join(f"{c['samples_per_s']:.2f} ({c['over_gpt']:.2f}x)" for c in cells) + ' |')
+with open(os.path.join(out_dir, 'sampling.md'), 'w') as f:
+    f.write('\n'.join(table) + '\n')
 for name, obj in (('throughput', throughput), ('latency', latency)):
     with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
         json.dump(obj, f, indent=1)
-print(json.dumps(dict(throughput['ratios'], ldm_over_gpt_samples_per_s=latency['batch']['ldm_over_gpt'],
-                      ldm_over_gpt_seconds_batch1={n: v['ldm_over_gpt'] for n, v in latency['batch1_seconds'].items()})))
-print(f"wrote {out_dir}/throughput.json and {out_dir}/latency.json in {run['minutes']} min")
+print(json.dumps(dict(throughput['ratios'], ldm_over_gpt_seconds_batch1={n: v['ldm_over_gpt'] for n, v in latency['batch1_seconds'].items()},
+                      ldm_over_gpt_samples_per_s_default=default and default['over_gpt'])))
+print('\n'.join(table))
+print(f"wrote {out_dir}/throughput.json, {out_dir}/latency.json and {out_dir}/sampling.md in {run['minutes']} min")

@@ -168,3 +168,10 @@ def dit_dir(vae_dir, tiny_data, tmp_path_factory):
     ok(run_main('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', f'--out_dir={out}',
                 '--max_iters=2', '--eval_interval=2', *TINY_DIT, '--block_size=64'))
     return out
+
+@pytest.fixture(scope='session')
+def gpt_dir(tiny_data, tmp_path_factory):
+    """A tiny GPT (32-token context), 10 steps: enough to run it and to judge, not to be good."""
+    out = str(tmp_path_factory.mktemp('gpt'))
+    ok(run_main('ar_train.py', f'--data_dir={tiny_data}', f'--out_dir={out}', '--eval_interval=10', '--max_iters=10', *TINY_GPT))
+    return out

@@ -2,7 +2,8 @@
 context_gain.py's yardstick."""
 import json
 
-from conftest import run_script
+from conftest import ok, one_line_error, run_main, run_script
+from sample import CFG_UNTIL, SOLVER
 
 def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
     p = run_script('bench/speed.py', '--quick=True', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}', '--lengths=(6, 12)')
@@ -19,7 +20,19 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
     assert all(v > 0 for k, v in tr['ratios'].items() if k != 'goals')
     assert set(lat['batch1_seconds']) == {'6', '12'}
     assert all(v['ldm'] > 0 and v['gpt'] > 0 and v['runs'] == [1, 1] for v in lat['batch1_seconds'].values())
-    assert lat['batch']['ldm_samples_per_s'] > 0 and lat['batch']['gpt_samples_per_s'] > 0
+    # samples/s at each batch: the GPT in float32 and bf16 (its faster compared), the TextLDM of each head with sample.py's
+    # sampler at each k and with the paper's (Euler, guided at every step)
+    sps = lat['samples_per_s']
+    assert {(r['dtype'], r['batch']) for r in sps['gpt_rows']} == {(d, b) for d in ('float32', 'bfloat16') for b in (1, 2)}
+    assert sps['gpt'] == {str(b): max(r['samples_per_s'] for r in sps['gpt_rows'] if r['batch'] == b) for b in (1, 2)}
+    way = lambda r: (r['model'], r['solver'], r['cfg_until'], r['steps'], r['batch'])
+    samplers = [(SOLVER, CFG_UNTIL, 2), (SOLVER, CFG_UNTIL, 3), ('euler', 1.0, 3)]
+    assert {way(r) for r in sps['ldm']} == {(h, *s, b) for h in ('tokens', 'velocity') for s in samplers for b in (1, 2)}
+    assert all(r['samples_per_s'] > 0 and r['over_gpt'] == round(r['samples_per_s'] / sps['gpt'][str(r['batch'])], 3)
+               for r in sps['ldm'])
+    assert sps['default'] == next(r for r in sps['ldm'] if way(r) == ('tokens', SOLVER, CFG_UNTIL, 2, 2))
+    table = (tmp_path / 'sampling.md').read_text()
+    assert table.count('| TextLDM') == 6 and table.count('| GPT + KV cache') == 2
     # the GPT is made as deep as needed to match the TextLDM's parameters
     params = lat['params']
     assert params['ldm'] == params['ldm_vae'] + params['ldm_dit'] and abs(params['gpt'] / params['ldm'] - 1) < 0.1
@@ -67,3 +80,25 @@ def test_paper_sizes_quick_runs_the_three_trainers(tiny_data, tmp_path):
     log = open(r['steps']['vae_350m']['batch1']['log']).read()
     assert 'qwen3-standin layer -3' in log and re.search(r'repa_cos -?\d', log)  # REPA ran, with a finite cosine
     assert not list((tmp_path / 'runs').glob('*/ckpt.pt'))  # the checkpoints are cleaned up
+
+def test_fidelity_bench_measures_k_steps_against_the_reference(dit_dir, gpt_dir, tmp_path):
+    out = tmp_path / 'fid.json'
+    ok(run_main('bench/fidelity.py', f'--dits={dit_dir}', '--cfgs=3', '--cfg_untils=0.5', '--num_samples=4', '--window=16',
+                '--batch_size=2', '--ks=1,2', '--ref_steps=3', f'--judge={gpt_dir}', f'--out_file={out}'))
+    res = json.loads(out.read_text())['results'][0]
+    rows = {(r['sampler'], r['k']): r for r in res['rows']}
+    default, paper = sorted({r['sampler'] for r in res['rows']}, key=lambda s: s.startswith('euler, always'))
+    assert set(rows) == {(s, k) for s in (default, paper) for k in (1, 2, 3)}
+    # the reference (k = ref_steps) is its own sampler's exactly; the k-step samples are measured against it
+    assert all(rows[(s, 3)]['agreement'] == 100 and rows[(s, 3)]['latent_rms'] == 0 for s in (default, paper))
+    assert all(0 <= r['agreement'] <= 100 and r['latent_rms'] >= 0 for r in rows.values())
+    # the paper's sampler guides every step (2 forwards); the default only while t < 0.5 (the grid's first steps)
+    assert [rows[(paper, k)]['forwards'] for k in (1, 2, 3)] == [2, 4, 6]
+    assert rows[(default, 1)]['forwards'] == 2 and 3 < rows[(default, 3)]['forwards'] < 6
+    assert rows[(paper, 3)]['agreement_ode'] == 100
+    assert all(r['genppl'] > 1 and r['genppl_ci'][0] <= r['genppl'] <= r['genppl_ci'][1] for r in rows.values())
+    assert (tmp_path / 'fid.md').read_text().count(f'| {dit_dir} (velocity, cfg 3)') == 6
+
+def test_fidelity_bench_bad_input_is_one_clear_line(dit_dir):
+    one_line_error(run_main('bench/fidelity.py', f'--dits={dit_dir},{dit_dir}', '--cfgs=2', '--judge='),
+                   'give one guidance scale and interval per DiT: 2 DiTs, 1 cfgs')

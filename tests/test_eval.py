@@ -11,7 +11,7 @@ import torch
 
 import baselines
 import eval as ev  # not as `eval`: the builtin stays
-from conftest import TINY_GPT, make_docs, ok, one_line_error, run_main, run_script
+from conftest import make_docs, ok, one_line_error, run_main, run_script
 from data import get_tokenizer, load_meta
 
 def test_split_lies_in_40_to_60_percent_and_never_cuts_a_token(tiny_data):
@@ -204,13 +204,6 @@ def test_pretrained_gpt2_path_with_a_tiny_local_gpt2(tiny_data, hf_dir, tmp_path
                 '--benchmarks=wikipedia,tinystories', '--num_samples=6', '--metrics=rouge', f'--out_file={tmp_path}/gpt2.json'))
     res = json.load(open(f'{tmp_path}/gpt2.json'))
     assert res['window'] == 48 and res['results']['tinystories']['n'] == 6 and 'rougeL' in res['results']['wikipedia']
-
-@pytest.fixture(scope='module')
-def gpt_dir(tiny_data, tmp_path_factory):
-    """A tiny GPT (32-token context), 10 steps: enough to run it and to judge, not to be good."""
-    out = str(tmp_path_factory.mktemp('gpt'))
-    ok(run_main('ar_train.py', f'--data_dir={tiny_data}', f'--out_dir={out}', '--eval_interval=10', '--max_iters=10', *TINY_GPT))
-    return out
 
 @pytest.mark.parametrize('model', ['textldm', 'gpt'])
 def test_trained_models_with_the_context_shuffle_test_and_a_judge(dit_dir, gpt_dir, tiny_data, model, tmp_path):
