@@ -101,7 +101,7 @@ def knowledge_share(dit_dir, judge_gpt, num_windows):
 
 def score_point(model, folder, cfg, ctx):
     """Every figure of one model (one checkpoint) on every benchmark."""
-    gen, encode, _, _ = load_model(model, folder, 'cpu', ctx['data_dir'], 50, cfg)
+    gen, encode, _, _ = load_model(model, folder, 'cpu', ctx['data_dir'], 50, cfg, solver='euler', cfg_until=1.0)  # the paper's
     res, all_outs = {}, []
     for b in BENCHES:
         s = ctx['samples'][b]

@@ -79,11 +79,13 @@ def run(cmd, done, log):
                 raise SystemExit(f"error: `python {' '.join(cmd)}` failed: see {log}")
     return 'python ' + ' '.join(cmd)
 
+PAPER_SAMPLER = ['--steps=50', '--solver=euler', '--cfg_until=1.0']  # as these results were made
+
 def evaluate(name, model_args, num_samples, judge, shuffle=True, metrics='rouge,genppl'):
     """eval.py's results for one model (cached in out/lev/eval/<name>_n<num_samples>.json) and its command."""
     out_file = f'{OUT}/eval/{name}_n{num_samples}.json'
-    cmd = ['eval.py', *model_args, f'--num_samples={num_samples}', f'--metrics={metrics}', f'--judge={judge}',
-           f'--shuffle_test={shuffle}', f'--out_file={out_file}']
+    cmd = ['eval.py', *PAPER_SAMPLER, *model_args, f'--num_samples={num_samples}', f'--metrics={metrics}',
+           f'--judge={judge}', f'--shuffle_test={shuffle}', f'--out_file={out_file}']
     command = run(cmd, out_file, out_file[:-4] + 'log')
     with open(os.path.join(ROOT, out_file)) as f:
         return dict(json.load(f)['results'], eval_command=command)
