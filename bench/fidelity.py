@@ -55,7 +55,6 @@ if not len(dit_dirs) == len(scales) == len(untils):
                      f"{len(untils)} cfg_untils")
 if min(steps + [ref_steps]) < 1 or window < 2:
     raise SystemExit("error: every k and ref_steps must be at least 1, window at least 2")
-torch.set_grad_enabled(False)
 gpt, gpt_enc = load_gpt(judge, device) if judge else (None, None)
 
 def windows(ldm):
@@ -66,6 +65,7 @@ def windows(ldm):
         raise SystemExit(f"error: the val split gives only {len(idx)} windows of {window} tokens: lower --window")
     return idx.to(ldm.device)
 
+@torch.no_grad()
 def sample(ldm, idx, cfg, sampler, k):
     """Every window's target latents (N, Tt, C) and decoded tokens (N, Tt) by sampler (solver, cfg_until) in k steps, the DiT
     forwards per sample (a guided one counts 2: its batch is 2B) and the seconds."""
@@ -83,6 +83,7 @@ def sample(ldm, idx, cfg, sampler, k):
     hook.remove()
     return torch.cat([z for z, _ in out]), torch.cat([t for _, t in out]), sum(rows) / len(idx), time.time() - t0
 
+@torch.no_grad()
 def genppl(ldm, idx, tokens):
     texts = lambda ids: [ldm.enc.decode(row.tolist()) for row in ids]
     r = gen_perplexity(gpt, gpt_enc.encode_ordinary, texts(tokens), texts(idx[:, :window // 2]))

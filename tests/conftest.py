@@ -101,7 +101,7 @@ def run_main(script, *args):
     imports torch, where the test does not need a process of its own (warnings, argv bytes, torchrun)."""
     path = os.path.join(ROOT, script)
     out, err, code = io.StringIO(), io.StringIO(), 0
-    argv, cwd = sys.argv, os.getcwd()
+    argv, cwd, grad = sys.argv, os.getcwd(), torch.is_grad_enabled()  # a script may switch autograd off globally
     sys.argv = [path, *args]
     os.chdir(ROOT)
     try:
@@ -114,6 +114,7 @@ def run_main(script, *args):
     finally:
         sys.argv = argv
         os.chdir(cwd)
+        torch.set_grad_enabled(grad)
     return subprocess.CompletedProcess([path, *args], code, out.getvalue(), err.getvalue())
 
 def one_line_error(proc, message):
