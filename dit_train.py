@@ -147,7 +147,7 @@ def flow_loss(net, batch, generator=None):
         out = net(x, t, is_target, mask, return_logits=head == 'tokens')
     if head == 'tokens':  # the logits are the target positions', in the order of x[is_target], as of tmask
         per_token = x1.new_zeros(B, Tt)
-        per_token[tmask] = F.cross_entropy(out[1].float(), take_segment(idx, ctx_lens, Tt)[tmask], reduction='none')
+        per_token[tmask] = F.cross_entropy(out.float(), take_segment(idx, ctx_lens, Tt)[tmask], reduction='none')
     else:
         per_token = ((take_segment(out.float(), ctx_lens, Tt) - (x1 - x0)) ** 2).mean(-1)
     per_sample = per_token.mul(tmask).sum(1) / tgt_lens  # (B,)

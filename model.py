@@ -264,8 +264,8 @@ class TextDiT(nn.Module):
     def forward(self, x, t, is_target, mask=None, return_logits=False):
         """x (B, T, C) latents, t (B,) time in [0, 1) (1 = data), is_target (B, T) bool, mask (B, T) bool
         for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
-        return_logits (token head): also the logits of the target positions, (number of targets, vocab) in
-        the order of x[is_target]."""
+        return_logits (token head): instead, the logits of the target positions, (number of targets, vocab) in
+        the order of x[is_target] (what training and guidance read; the softmax over them is not computed)."""
         h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
         c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
         h = self.body(h, mask, c)
@@ -275,8 +275,7 @@ class TextDiT(nn.Module):
         # the vocabulary-wide head only where it is read, at the target positions: it costs more than the body
         row = is_target.nonzero(as_tuple=True)[0]
         logits = self.out_proj(modulate(h[is_target], shift[row, 0], scale[row, 0]))
-        v = self.velocity_from_logits(logits, x, t, is_target)
-        return (v, logits) if return_logits else v
+        return logits if return_logits else self.velocity_from_logits(logits, x, t, is_target)
 
     def velocity_from_logits(self, logits, x, t, is_target):
         """Token head: x1 = softmax(logits) @ E at the target positions (the context's x1 is left at 0), the
@@ -295,7 +294,7 @@ class TextDiT(nn.Module):
         if not self.config.vocab_size:
             v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
             return torch.lerp(v_null, v_ctx, cfg_scale)  # null + cfg_scale * (ctx - null), in one pass
-        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True)[1].chunk(2)  # both halves: the same targets
+        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True).chunk(2)  # both halves: the same targets
         return self.velocity_from_logits(torch.lerp(l_null, l_ctx, cfg_scale), x[:half], t[:half], is_target[:half])
 
 @torch.no_grad()

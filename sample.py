@@ -34,9 +34,9 @@ def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule=
     ts = flow_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), schedule, mean, std).tolist()
     lam = [math.log(t / (1 - t)) if 0 < t < 1 else None for t in ts]  # log SNR, None at the two ends
     pair = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)  # [conditional ; null]
-    last = None  # the previous step's (x1, guided)
+    has_ctx, last = bool((ctx_lens > 0).any()), None  # last: the previous step's (x1, guided)
     for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        guided = cfg != 1.0 and t < cfg_until and bool((ctx_lens > 0).any())
+        guided = cfg != 1.0 and t < cfg_until and has_ctx
         c, c_lens, t_lens = pair if guided else (ctx, ctx_lens, tgt_lens)
         packed, is_target, mask = pack_segments(c, c_lens, (torch.cat([x, x]) if guided else x).float(), t_lens)
         t_in = torch.full((packed.size(0),), t, device=x.device)

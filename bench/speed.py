@@ -14,7 +14,7 @@ Speed of TextLDM against the GPT baseline, measured in one run so that the ratio
   memory           on CPUs the phase's peak resident set (ru_maxrss, torch included; 'own': less the RSS before the
                    phase), on GPUs torch.cuda.max_memory_allocated
 
-    python bench/speed.py                               # config/*_tiny.py's sizes: about 25 minutes on 2 CPU cores
+    python bench/speed.py                               # config/*_tiny.py's sizes: about 12 minutes on 2 CPU cores
     python bench/speed.py --device=cuda --compile=True  # compile applies to the training steps
     python bench/speed.py --lengths=64,256 --repeats=5  # a single length: --lengths=64,
 """

@@ -35,7 +35,7 @@ def train_copy(head, iters=150, batch_size=32, p_drop_context=0.1, lr=3e-3, seed
         xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
         x, is_target, mask = pack_segments(zc, lens, xt, lens)
         if head == 'tokens':
-            _, logits = dit(x, t, is_target, mask, return_logits=True)
+            logits = dit(x, t, is_target, mask, return_logits=True)
             loss = F.cross_entropy(logits.float(), tokens[tmask])  # the target positions' logits
         else:
             v = take_segment(dit(x, t, is_target, mask), lens, L)
