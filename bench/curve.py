@@ -233,16 +233,23 @@ if __name__ == '__main__':
     out_file = 'bench/results/curve.json'
     exec(open(os.path.join(ROOT, 'configurator.py')).read())
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
-    dit_runs = []  # (folder, cfg, {steps: checkpoint folder})
+    specs = []  # (folder, cfg, [steps], as given); every one checked before any folder is read
     for d in filter(None, dits.split(',')):
         spec, _, only = d.partition('@')
         try:
             run, cfg = spec.split(':')
-            pts = {s: p for s, p in run_points(run).items() if not only or str(s) in only.split('+')}
-            dit_runs.append((run, float(cfg), pts))
+            specs.append((run, float(cfg), [int(s) for s in only.split('+')] if only else [], d))
         except ValueError:
-            raise SystemExit(f"error: --dits takes folder:cfg, or folder:cfg@steps+steps, comma-separated (like "
-                             f"out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000), got {d!r}")
+            raise SystemExit(f"error: --dits takes folder:cfg, or folder:cfg@steps+steps, comma-separated "
+                             f"(like out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000), got {d!r}")
+        _check(f'the guidance scale in --dits ({d})', specs[-1][1], 'cfg')  # configurator.py's check
+    dit_runs = []  # (folder, cfg, {steps: checkpoint folder})
+    for run, cfg, only, d in specs:
+        pts = run_points(run)
+        if set(only) - set(pts):
+            raise SystemExit(f"error: {run} has no step{min(set(only) - set(pts))}/ checkpoint (--dits: {d}): "
+                             f"it has steps {', '.join(map(str, pts))}")
+        dit_runs.append((run, cfg, {s: p for s, p in pts.items() if not only or s in only}))
     gpt_points = run_points(gpt_dir)
     if os.path.realpath(judge) in {os.path.realpath(p) for p in gpt_points.values()} | {os.path.realpath(gpt_dir)}:
         raise SystemExit(f"error: the judge {judge} is a contestant: train a GPT of its own (see bench/curve.py)")

@@ -33,11 +33,12 @@ from data import TokenData  # noqa: E402
 from eval import gen_perplexity  # noqa: E402
 from sample import CFG_UNTIL, LDM, SOLVER, sample_latents  # noqa: E402
 
-dits = 'out/dit_tiny,out/dit_tiny,out/dit_velocity'  # DiT folders, comma-separated; one may come twice
-cfgs = '2,2,8'  # the guidance scale of each DiT: the token head's default and the velocity head's
-cfg_untils = '0.6,0.3,0.6'  # the guidance interval of each with sample.py's solver (sample.CFG_UNTIL is the default's)
+dits = ('out/dit_tiny', 'out/dit_tiny', 'out/dit_velocity')  # DiT folders; one may come twice
+cfgs = (2.0, 2.0, 8.0)  # the guidance scale of each DiT: the token head's default and the velocity head's
+# the guidance interval of each with sample.py's solver (sample.CFG_UNTIL is the default's)
+cfg_untils = (0.6, 0.3, 0.6)
 judge = 'out/judge'  # a GPT trained by ar_train.py on the same tokenizer; '' = no generative perplexity
-ks = '4,8,10,16,32,50'
+ks = (4, 8, 10, 16, 32, 50)
 ref_steps = 200
 num_samples = 32  # held-out windows
 window = 128  # tokens, split at half
@@ -45,16 +46,11 @@ batch_size = 32  # windows sampled together (the noise is drawn per batch: seed 
 seed = 0
 device = 'cpu'
 out_file = 'bench/results/fidelity.json'
-exec(open(os.path.join(ROOT, 'configurator.py')).read())
+exec(open(os.path.join(ROOT, 'configurator.py')).read())  # it checks every value of ks, cfgs, ...
 
-split = lambda s: [v for v in s.split(',') if v]
-dit_dirs, steps = split(dits), [int(k) for k in split(ks)]
-scales, untils = [float(c) for c in split(cfgs)], [float(u) for u in split(cfg_untils)]
-if not len(dit_dirs) == len(scales) == len(untils):
-    raise SystemExit(f"error: give one guidance scale and interval per DiT: {len(dit_dirs)} DiTs, {len(scales)} cfgs, "
-                     f"{len(untils)} cfg_untils")
-if min(steps + [ref_steps]) < 1 or window < 2:
-    raise SystemExit("error: every k and ref_steps must be at least 1, window at least 2")
+if not len(dits) == len(cfgs) == len(cfg_untils):
+    raise SystemExit(f"error: give one guidance scale and interval per DiT: {len(dits)} DiTs, "
+                     f"{len(cfgs)} cfgs, {len(cfg_untils)} cfg_untils")
 gpt, gpt_enc = load_gpt(judge, device) if judge else (None, None)
 
 def windows(ldm):
@@ -90,7 +86,7 @@ def genppl(ldm, idx, tokens):
     return dict(genppl=round(r['genppl'], 1), genppl_ci=[round(v, 1) for v in r['genppl_ci']])
 
 t_start, results, done = time.time(), [], {}
-for dit_dir, cfg, until in zip(dit_dirs, scales, untils):  # a DiT may come twice, with two guidance intervals
+for dit_dir, cfg, until in zip(dits, cfgs, cfg_untils):  # a DiT may come twice, with two guidance intervals
     ldm = LDM(dit_dir, device=device)
     idx = windows(ldm)
     def run(sampler, k):  # each (DiT, cfg, sampler, k) sampled once
@@ -105,7 +101,7 @@ for dit_dir, cfg, until in zip(dit_dirs, scales, untils):  # a DiT may come twic
     ode = run(('euler', 1.0), ref_steps)
     for name, sampler in samplers.items():
         ref = run(sampler, ref_steps)
-        for k in steps:
+        for k in ks:
             z, tok, forwards, sec = run(sampler, k)
             row = dict(sampler=name, k=k, forwards=forwards, seconds=round(sec, 1),
                        agreement=round(100 * (tok == ref[1]).float().mean().item(), 2),
@@ -114,7 +110,7 @@ for dit_dir, cfg, until in zip(dit_dirs, scales, untils):  # a DiT may come twic
             res['rows'].append(row)
             print(f"{dit_dir} ({res['head']}, cfg {cfg:g}) {name}, {k} steps: " +
                   ', '.join(f'{a} {v}' for a, v in row.items() if a not in ('sampler', 'k', 'genppl_ci')), flush=True)
-        if ref_steps not in steps:  # the reference itself: its cost, and what the guidance interval changes
+        if ref_steps not in ks:  # the reference itself: its cost, and what the guidance interval changes
             res['rows'].append(dict(sampler=name, k=ref_steps, forwards=ref[2], seconds=round(ref[3], 1), agreement=100.0,
                                     agreement_ode=round(100 * (ref[1] == ode[1]).float().mean().item(), 2), latent_rms=0.0,
                                     **(genppl(ldm, idx, ref[1]) if gpt else {})))

@@ -16,7 +16,7 @@ Speed of TextLDM against the GPT baseline, measured in one run so that the ratio
 
     python bench/speed.py                               # config/*_tiny.py's sizes: about 12 minutes on 2 CPU cores
     python bench/speed.py --device=cuda --compile=True  # compile applies to the training steps
-    python bench/speed.py --lengths=64,256 --repeats=5  # a single length: --lengths=64,
+    python bench/speed.py --lengths=64,256 --repeats=5  # a single length: --lengths=64
 """
 import copy, json, os, platform, resource, statistics, subprocess, sys, time
 

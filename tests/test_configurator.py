@@ -12,6 +12,8 @@ import torch
 from conftest import README_SAMPLE, ROOT, one_line_error, readme_commands, run_main, run_script
 
 SCRIPTS = ['vae_train.py', 'dit_train.py', 'ar_train.py', 'sample.py', 'eval.py', 'prepare_data.py']
+# the bench scripts with numbers among their options (their configurator checks them too)
+BENCH = ['bench/fidelity.py', 'bench/speed.py', 'bench/curve.py', 'bench/context_gain.py']
 
 class Parsed(Exception):
     pass
@@ -94,6 +96,17 @@ def test_mistakes_in_the_space_form_get_the_same_lines(monkeypatch):
     ('ar_train.py', '--backend=mpi', "backend must be one of auto, nccl, gloo, got 'mpi'"),
     ('ar_train.py', '--device=cuda:x', "device 'cuda:x' is not one of cpu, cuda, cuda:N"),
     ('eval.py', '--device=meta', "device 'meta' is not one of cpu, cuda, cuda:N"),
+    # what numpy and torch take: a seed below 2**63 (the scripts add offsets), floats finite in float32,
+    # counts that can be allocated
+    ('eval.py', '--seed=18446744073709551616',
+     'seed must be less than 9223372036854775808, got 18446744073709551616'),
+    ('sample.py', '--cfg=1e39', 'cfg must be finite in float32 (at most 3.4e38 in size), got 1e+39'),
+    ('dit_train.py', '--t_mean=-1e308',
+     't_mean must be finite in float32 (at most 3.4e38 in size), got -1e+308'),
+    ('eval.py', '--temperature=1e-50', 'temperature must be at least 0.001, got 1e-50'),
+    ('sample.py', '--steps=1000000000000', 'steps must be at most 10000, got 1000000000000'),
+    ('sample.py', '--num_samples=1000000000000', 'num_samples must be at most 10000, got 1000000000000'),
+    ('vae_train.py', '--block_size=1000000000', 'block_size must be at most 100000, got 1000000000'),
 ])
 def test_a_number_out_of_its_range_a_bad_choice_or_a_bad_device_is_one_line(monkeypatch, script, arg, message):
     assert refused(script, [arg], monkeypatch) == 'error: ' + message
@@ -119,11 +132,53 @@ def test_a_bad_config_file_is_one_line(tmp_path, monkeypatch, source, message):
     error = refused('prepare_data.py', [str(path)], monkeypatch)
     assert error.startswith('error: ') and '\n' not in error and message.format(path=path) in error
 
+def test_a_file_that_is_no_config_file_is_one_line(tmp_path, monkeypatch):
+    """A checkpoint or a folder given where a config file goes: it cannot be read as text."""
+    (tmp_path / 'ckpt.pt').write_bytes(b'PK\x03\x04\xff\xfe\x00binary')
+    for path, why in [(tmp_path / 'ckpt.pt', 'UnicodeDecodeError'), (tmp_path, 'IsADirectoryError')]:
+        assert refused('sample.py', [str(path)], monkeypatch) == (
+            f"error: '{path}' is no config file ({why}): a config file is Python text that assigns "
+            f"config variables (see config/); pass other values as --key=value")
+
+# -----------------------------------------------------------------------------
+# list options (a tuple default): comma-separated values, each typed and checked as a number option
+
+def test_a_list_option_takes_comma_separated_values(monkeypatch):
+    for args in [['--lengths=64,256'], ['--lengths=(64, 256)'], ['--lengths', '64,256']]:
+        assert config_of('bench/speed.py', args, monkeypatch)['lengths'] == (64, 256)
+    assert config_of('bench/speed.py', ['--lengths=64'], monkeypatch)['lengths'] == (64,)
+    assert config_of('bench/speed.py', ['--lengths=64,'], monkeypatch)['lengths'] == (64,)
+    assert config_of('bench/speed.py', ['--heads=velocity'], monkeypatch)['heads'] == ('velocity',)
+    ns = config_of('bench/fidelity.py', ['--dits=a,b', '--cfgs=2,8', '--cfg_untils=1,0.5'], monkeypatch)
+    assert (ns['dits'], ns['cfgs'], ns['cfg_untils']) == (('a', 'b'), (2.0, 8.0), (1.0, 0.5))
+
+@pytest.mark.parametrize('script, arg, message', [
+    ('bench/fidelity.py', '--ks=abc', "every value of --ks expects int (like 4), got 'abc'"),
+    ('bench/fidelity.py', '--ks=4.5', 'every value of --ks expects int (like 4), got 4.5'),
+    ('bench/fidelity.py', '--ks=', '--ks needs at least one value, like 4,8,10,16,32,50'),
+    ('bench/fidelity.py', '--cfgs=x,2,8', "every value of --cfgs expects float (like 2.0), got 'x'"),
+    ('bench/fidelity.py', '--cfg_untils=a,b,c',
+     "every value of --cfg_untils expects float (like 0.6), got 'a'"),
+    ('bench/fidelity.py', '--cfgs=nan,2,8', 'every value of cfgs must be a finite number, got nan'),
+    ('bench/fidelity.py', '--cfgs=-1,2,8', 'every value of cfgs must be at least 0, got -1.0'),
+    ('bench/fidelity.py', '--cfg_untils=2,2,2', 'every value of cfg_untils must be in [0, 1], got 2.0'),
+    ('bench/speed.py', '--phase=foo',
+     "phase must be one of '', vae, dit, gpt, ldm_sampling, gpt_sampling, got 'foo'"),
+    ('bench/speed.py', '--repeats=-1', 'repeats must be at least 1, got -1'),
+    ('bench/speed.py', '--lengths=(0,-5)', 'every value of lengths must be at least 1, got 0'),
+    ('bench/speed.py', '--iters=0', 'iters must be at least 1, got 0'),
+    ('bench/speed.py', '--heads=tokens,logits',
+     "every value of heads must be one of velocity, tokens, got 'logits'"),
+    ('bench/curve.py', '--solo_steps=-5', 'solo_steps must be at least 0, got -5'),
+])
+def test_a_bad_value_of_a_list_or_bench_option_is_one_line(monkeypatch, script, arg, message):
+    assert refused(script, [arg], monkeypatch) == 'error: ' + message
+
 def test_every_default_and_config_file_is_in_range_and_every_range_and_choice_has_its_key(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # config files for GPUs
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 8)
     keys = set()
-    for script in SCRIPTS:
+    for script in SCRIPTS + BENCH:
         ns = config_of(script, [], monkeypatch)
         keys |= {k for k in ns if not k.startswith('_')}
     for path in sorted(glob.glob(os.path.join(ROOT, 'config', '*.py'))):
@@ -175,6 +230,25 @@ def test_a_bad_number_or_device_is_one_line_and_creates_nothing(tiny_data, tmp_p
 def test_a_mistake_is_one_line_in_a_process_of_its_own(tmp_path, script):
     """As a user sees it: the real process's whole stderr (warnings at import would be lines too)."""
     one_line_error(run_script(script, f'--out_dir={tmp_path}/out', '--seed=-1'), 'seed must be at least 0, got -1')
+    assert not os.path.exists(tmp_path / 'out')
+
+@pytest.mark.parametrize('script, args, message', [
+    ('sample.py', ['{tmp}/in/ckpt.pt'], "is no config file (UnicodeDecodeError)"),
+    ('dit_train.py', ['--seed=18446744073709551616'], 'seed must be less than 9223372036854775808'),
+    ('eval.py', ['--model=textldm', '--cfg=1e39'], 'cfg must be finite in float32'),
+    ('sample.py', ['--steps=1000000000000'], 'steps must be at most 10000, got 1000000000000'),
+    ('bench/fidelity.py', ['--cfgs=nan,2,8'], 'every value of cfgs must be a finite number, got nan'),
+    ('bench/speed.py', ['--phase=foo'], "phase must be one of '', vae, dit, gpt"),
+])
+def test_each_class_of_bad_value_is_one_line_in_a_process_of_its_own(tmp_path, script, args, message):
+    """The classes of the third bad-input sweep, as a user meets them: a file that is no config file,
+    a seed numpy and torch cannot take, a float past float32, a count past what can be allocated, a
+    bad value in a list option."""
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'ckpt.pt').write_bytes(b'PK\x03\x04\xff\xfe\x00binary')
+    out = f'--out_file={tmp_path}/out/x.json' if script in ('eval.py', 'bench/fidelity.py') else \
+        f'--out_dir={tmp_path}/out'
+    one_line_error(run_script(script, *[a.format(tmp=tmp_path) for a in args], out), message)
     assert not os.path.exists(tmp_path / 'out')
 
 def test_the_readme_reading_order_is_the_method_in_four_files_and_under_900_lines():

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
+from conftest import ROOT, one_line_error, run_script
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
 import curve  # noqa: E402
 
 def gpt_curve(ppls):
@@ -44,3 +45,18 @@ def test_same_noise_share_counts_words_by_position():
     assert curve.same_noise_share(['The river, the city'], ['the river. The city']) == 1.0
     assert curve.same_noise_share(['a b c d'], ['a x c']) == 0.5  # 2 of the longer's 4 positions
     assert curve.same_noise_share(['a b'], ['c d']) == 0.0
+
+@pytest.mark.parametrize('dits, message', [
+    ('{run}:nan', 'the guidance scale in --dits ({run}:nan) must be a finite number, got nan'),
+    ('{run}:-4', 'the guidance scale in --dits ({run}:-4) must be at least 0, got -4.0'),
+    ('{run}:2@abc', "--dits takes folder:cfg, or folder:cfg@steps+steps, comma-separated"),
+    ('{run}:2@500+2000', '{run} has no step2000/ checkpoint (--dits: {run}:2@500+2000): it has steps 500, 1000'),
+])
+def test_a_bad_dit_run_is_one_line_and_creates_nothing(tmp_path, dits, message):
+    """--dits=folder:cfg@steps: the guidance scale in cfg's range, and every step asked for kept by the run."""
+    run = tmp_path / 'run'
+    for step in ('step500', 'step1000'):
+        (run / step).mkdir(parents=True)
+    p = run_script('bench/curve.py', '--dits=' + dits.format(run=run), f'--out_file={tmp_path}/out/curve.json')
+    one_line_error(p, message.format(run=run))
+    assert os.listdir(tmp_path) == ['run']
