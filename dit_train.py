@@ -21,8 +21,10 @@ import torch.nn.functional as F
 
 from checkpoint import save_checkpoint, load_checkpoint, load_vae, fingerprint
 from data import TokenData, load_meta, tokenizer_sha256
-from model import TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments, pack_segments, take_segment, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
+from model import (TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments, pack_segments,
+                   block_layout, lengths_to_mask, flops_per_token, peak_flops)
+from training import (setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng, sum_over_ranks,
+                      check_finite, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -45,6 +47,11 @@ ctx_frac_min = 0.25
 ctx_frac_max = 0.75
 p_drop_context = 0.1  # context latents -> zeros (the null condition of CFG)
 p_uncond = 0.05       # whole windows as targets with no context (unconditional generation)
+# the layout: 0 is the paper's, one target after a context encoded apart; block_len > 0 is block-causal
+# (Cola DLM, BD3-LM): the window cut into blocks of block_len latents, each denoised from the clean
+# latents before it, all in one forward, so a window teaches as many boundaries as it has blocks
+block_len = 0
+t_per_block = True  # block_len > 0: an independent time per noisy block (BD3-LM), else one per window
 # flow matching
 t_schedule = 'logit_normal'  # or 'uniform'
 t_mean = 0.0
@@ -87,13 +94,17 @@ train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
 vae, vae_ck = load_vae(vae_ckpt, device)
 if vae_ck['tokenizer_sha256'] != tokenizer_sha256(meta):
     raise SystemExit(f"error: the VAE {vae_ckpt} was trained with another tokenizer than the one in {data_dir}")
+if block_len and not vae.config.causal_encoder:
+    raise SystemExit(f"error: block_len > 0 needs a VAE whose encoder is causal (a clean latent must not "
+                     f"read the block being denoised): train one with --causal_encoder=True")
 if block_size > vae.config.block_size:
     raise SystemExit(f"error: block_size {block_size} is longer than the VAE's {vae.config.block_size}")
 lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
 C = vae.config.latent_channels
 
 model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
-                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, dropout=dropout)
+                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, block_len=block_len,
+                  dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
@@ -129,29 +140,57 @@ def get_batch(data, rng):
     drop = torch.from_numpy(rng.random(batch_size) < p_drop_context)
     return idx.to(device), lens.to(device), torch.from_numpy(ctx_lens).to(device), drop.to(device)
 
-def flow_loss(net, batch, generator=None):
-    """The training loss on the target positions, and each sample's loss and t (for the loss-by-t log):
-    the velocity head's MSE to x1 - x0, or the token head's cross-entropy on the target tokens."""
-    idx, lens, ctx_lens, drop = batch
-    with autocast:  # context and target encoded SEPARATELY by the frozen VAE
+def paper_inputs(idx, lens, ctx_lens, drop, generator):
+    """The paper's layout: [clean context ; x_t of the target], one time per window. Context and target
+    are encoded SEPARATELY by the frozen VAE. -> the DiT's inputs, the velocity x1 - x0 and t per position."""
+    with autocast:
         zc, x1, tgt_lens = encode_segments(vae, idx, lens, ctx_lens)
     zc, x1 = (zc - lat_mean) / lat_std, (x1 - lat_mean) / lat_std
     zc = zc * (~drop)[:, None, None]  # the null condition: zero context vectors
-    B, Tt = x1.shape[:2]
-    t = flow_time(torch.rand(B, generator=generator, device=device), t_schedule, t_mean, t_std)
+    t = flow_time(torch.rand(idx.size(0), generator=generator, device=device), t_schedule, t_mean, t_std)
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
-    tmask = lengths_to_mask(tgt_lens, Tt)
-    with autocast:
-        out = net(x, t, is_target, mask, return_logits=head == 'tokens')
-    if head == 'tokens':  # the logits are the target positions', in the order of x[is_target], as of tmask
-        per_token = x1.new_zeros(B, Tt)
-        per_token[tmask] = F.cross_entropy(out.float(), take_segment(idx, ctx_lens, Tt)[tmask], reduction='none')
+    velocity = pack_segments(torch.zeros_like(zc), ctx_lens, x1 - x0, tgt_lens)[0]
+    return dict(x=x, t=t, is_target=is_target, mask=mask), velocity, t[:, None].expand_as(is_target)
+
+def block_inputs(idx, lens, drop, generator):
+    """The block-causal layout: [clean window ; the window noised block by block] (block_layout), the
+    blocks' edges at a random offset, so that a prompt of any length ends where a block starts."""
+    B, T = idx.shape
+    with autocast:  # the causal encoder: a clean latent reads no token after it
+        x1 = (vae.encode(idx, lengths_to_mask(lens, T))[0] - lat_mean) / lat_std
+    offset = int(torch.randint(block_len, (1,), generator=generator, device=device))
+    pos, is_noisy, group, layout = block_layout(T, block_len, offset, device)
+    n_blocks = int(group[-1])
+    q = torch.rand(B, n_blocks if t_per_block else 1, generator=generator, device=device)
+    t = flow_time(q, t_schedule, t_mean, t_std).expand(B, n_blocks)
+    t_noisy = t[:, group[T:] - 1, None]  # (B, T, 1)
+    x0 = torch.randn(x1.shape, generator=generator, device=device)
+    x = torch.cat([x1 * (~drop)[:, None, None], t_noisy * x1 + (1 - t_noisy) * x0], 1)
+    real = lengths_to_mask(lens, T).repeat(1, 2)  # (B, 2T)
+    t = torch.cat([torch.ones_like(t[:, :1]), t], 1)  # the clean latents are at t = 1
+    inputs = dict(x=x, t=t, is_target=is_noisy & real, mask=layout & real[:, None, :], pos=pos, group=group)
+    return inputs, torch.cat([torch.zeros_like(x1), x1 - x0], 1), t[:, group]
+
+def flow_loss(net, batch, generator=None):
+    """The training loss, and the loss and t of every target latent (for the loss-by-t log): the velocity
+    head's MSE to x1 - x0, or the token head's cross-entropy on the target tokens."""
+    idx, lens, ctx_lens, drop = batch
+    if block_len:
+        inputs, velocity, t = block_inputs(idx, lens, drop, generator)
+        tokens = idx.repeat(1, 2)
     else:
-        per_token = ((take_segment(out.float(), ctx_lens, Tt) - (x1 - x0)) ** 2).mean(-1)
-    per_sample = per_token.mul(tmask).sum(1) / tgt_lens  # (B,)
-    return masked_mean(per_token, tmask), per_sample, t
+        inputs, velocity, t = paper_inputs(idx, lens, ctx_lens, drop, generator)
+        tokens = idx[:, :velocity.size(1)]  # the packed layout keeps each window's order
+    is_target = inputs['is_target']
+    with autocast:
+        out = net(**inputs, return_logits=head == 'tokens')
+    if head == 'tokens':  # the logits are the target positions', in the order of x[is_target]
+        per_latent = F.cross_entropy(out.float(), tokens[is_target], reduction='none')
+    else:
+        per_latent = ((out[is_target].float() - velocity[is_target]) ** 2).mean(-1)
+    return per_latent.mean(), per_latent, t[is_target]
 
 T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
@@ -164,8 +203,8 @@ def evaluate():
         losses, ts = [], []
         for k in range(eval_iters):
             batch = get_batch(val_data, np.random.default_rng([seed, 1, k]))
-            _, per_sample, t = flow_loss(net, batch, torch.Generator(device).manual_seed(k))
-            losses.append(per_sample)
+            _, per_latent, t = flow_loss(net, batch, torch.Generator(device).manual_seed(k))
+            losses.append(per_latent)
             ts.append(t)
         net.train()
         losses, ts = torch.cat(losses), torch.cat(ts)
@@ -187,7 +226,8 @@ if master:
     print(f"TextDiT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters on C={C} latents, "
           + (f"t ~ {t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "t ~ uniform")
           + f", global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
-meter = Meter(flops_per_token(raw_model, block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops), env['world'])
+n_streams = 2 if block_len else 1  # the block-causal layout reads every latent twice, clean and noisy
+meter = Meter(n_streams * flops_per_token(raw_model, n_streams * block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops), env['world'])
 t_start = time.time()
 best_val = float('inf')
 bin_names = ' '.join(f'{a:.1f}-{b:.1f}' for a, b in zip(T_BINS, T_BINS[1:]))

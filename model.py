@@ -18,10 +18,12 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # the shared Transformer block
 
-def rope_cache(T, head_dim, device, base=10000.0, start=0):
-    # the angles of positions start .. start+T-1 (start > 0: new tokens after a KV cache)
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(start, start + T, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
+def rope_cache(pos, head_dim, base=10000.0):
+    # the angles of the positions pos (T,): a KV cache's new tokens, or the block-causal DiT's two streams,
+    # which share positions
+    arange = torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
+    inv_freq = 1.0 / (base ** (arange / head_dim))
+    freqs = torch.outer(pos.float(), inv_freq)  # (T, hd/2)
     return freqs.cos(), freqs.sin()
 
 def apply_rope(x, cos, sin):
@@ -44,19 +46,25 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, mask=None, cache=None):
         B, T, D = x.size()
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # mask: (B, T) True for real tokens; padded keys are hidden from every query
-        attn_mask = None if mask is None else mask[:, None, None, :]
-        is_causal = self.causal
         if cache is not None:
-            # the prompt fills an empty cache (causal as usual); after it, each single new query may see
-            # every cached key, and SDPA's is_causal would wrongly let it see only the first
-            assert T == 1 or len(cache) == 0, "a KV cache takes the prompt first, then one token at a time"
             k, v = cache.update(k, v)
-            is_causal = self.causal and T > 1
+        # mask: (B, T) True for the real keys (padding hidden from every query), or (B, T, keys) which
+        # query sees which key (the block-causal DiT and its cache build it)
+        attn_mask = None if mask is None else mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+        # causal: each query sees the keys up to its own position (the last T of the keys)
+        is_causal = self.causal and T > 1
+        if is_causal and (attn_mask is not None or k.size(2) > T):  # SDPA's is_causal takes neither
+            causal = causal_mask(T, k.size(2), x.device)
+            attn_mask, is_causal = causal if attn_mask is None else causal & attn_mask, False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+def causal_mask(T, n_keys, device):
+    """(T, n_keys): query i, the last of T after n_keys - T cached keys, sees the keys up to its own."""
+    return torch.ones(T, n_keys, dtype=torch.bool, device=device).tril(n_keys - T)
 
 class MLP(nn.Module):
 
@@ -82,12 +90,14 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd)) if adaln else None
 
-    def forward(self, x, rope, mask=None, c=None, cache=None):
+    def forward(self, x, rope, mask=None, c=None, cache=None, group=None):
         if self.adaln is None:
             x = x + self.drop(self.attn(self.ln1(x), rope, mask, cache))
             return x + self.drop(self.mlp(self.ln2(x)))
-        # c: (B, 1, D) one vector per sample, or (B, T, D) one per position
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c).chunk(6, dim=-1)
+        # c: (B, 1, D) one vector per sample, (B, T, D) one per position, or (B, G, D) one per group of
+        # positions with group (T,) naming each position's: the modulation is computed once per group
+        mods = self.adaln(c) if group is None else self.adaln(c)[:, group]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         x = x + gate1 * self.drop(self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask, cache))
         return x + gate2 * self.drop(self.mlp(modulate(self.ln2(x), shift2, scale2)))
 
@@ -97,14 +107,19 @@ class Transformer(nn.Module):
     def __init__(self, n_layer, n_embd, n_head, causal=False, adaln=False, bias=False, dropout=0.0):
         super().__init__()
         self.head_dim = n_embd // n_head
-        self.blocks = nn.ModuleList([Block(n_embd, n_head, causal, adaln, bias, dropout) for _ in range(n_layer)])
+        blocks = [Block(n_embd, n_head, causal, adaln, bias, dropout) for _ in range(n_layer)]
+        self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
 
-    def forward(self, x, mask=None, c=None, cache=None):
-        """cache: a list of one KVCache per block (sampling); x then holds the tokens after the cached ones."""
-        rope = rope_cache(x.size(1), self.head_dim, x.device, start=len(cache[0]) if cache else 0)
+    def forward(self, x, mask=None, c=None, cache=None, pos=None, group=None):
+        """cache: a list of one KVCache per block (sampling); x then holds the tokens after the cached
+        ones. pos (T,): the positions of x, by default those after the cached ones."""
+        if pos is None:
+            start = len(cache[0]) if cache else 0
+            pos = torch.arange(start, start + x.size(1), device=x.device)
+        rope = rope_cache(pos, self.head_dim)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, c, cache[i] if cache else None)
+            x = block(x, rope, mask, c, cache[i] if cache else None, group)
         return self.ln_f(x)
 
 def init_weights(module, std=0.02):
@@ -142,6 +157,7 @@ class VAEConfig:
     n_dec_layer: int = 2
     latent_channels: int = 16   # C: one latent vector of C channels per token
     repa_dim: int = 0           # width of the REPA teacher (0: no REPA projection)
+    causal_encoder: bool = False  # a token's latent reads only the tokens up to it (the block DiT's)
     bias: bool = False
     dropout: float = 0.0
 
@@ -151,7 +167,8 @@ class TextVAE(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.encoder = Transformer(config.n_enc_layer, config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
+        self.encoder = Transformer(config.n_enc_layer, config.n_embd, config.n_head, config.causal_encoder,
+                                   bias=config.bias, dropout=config.dropout)
         self.to_moments = nn.Linear(config.n_embd, 2 * config.latent_channels)  # -> mu, logvar
         self.from_latent = nn.Linear(config.latent_channels, config.n_embd)
         self.decoder = Transformer(config.n_dec_layer, config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
@@ -169,9 +186,10 @@ class TextVAE(nn.Module):
             mu, logvar = mu.masked_fill(~mask[..., None], 0.0), logvar.masked_fill(~mask[..., None], 0.0)
         return mu, logvar.clamp(-30.0, 20.0), h
 
-    def decode(self, z, mask=None):
-        """z (B, T, C) -> logits (B, T, vocab)"""
-        return self.lm_head(self.decoder(self.from_latent(z.to(self.from_latent.weight.dtype)), mask))
+    def decode(self, z, mask=None, last=0):
+        """z (B, T, C) -> logits (B, T, vocab), or those of the last `last` positions only"""
+        h = self.decoder(self.from_latent(z.to(self.from_latent.weight.dtype)), mask)
+        return self.lm_head(h[:, -last:] if last else h)
 
     def forward(self, idx, mask=None, sample=True, noise_std=0.0):
         """-> logits (B, T, vocab), mu, logvar (B, T, C), and the REPA prediction (B, T, teacher width) or None"""
@@ -218,7 +236,8 @@ class DiTConfig:
     n_embd: int = 256
     n_head: int = 4
     n_layer: int = 6
-    vocab_size: int = 0      # 0: a velocity head (the paper); > 0: a token head (score interpolation, see TextDiT)
+    vocab_size: int = 0  # 0: a velocity head (the paper); > 0: a token head (score interpolation, see TextDiT)
+    block_len: int = 0   # 0: the paper's [context ; target]; > 0: block-causal (see block_layout)
     bias: bool = False
     dropout: float = 0.0
 
@@ -261,41 +280,66 @@ class TextDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, is_target, mask=None, return_logits=False):
-        """x (B, T, C) latents, t (B,) time in [0, 1) (1 = data), is_target (B, T) bool, mask (B, T) bool
+    def forward(self, x, t, is_target, mask=None, return_logits=False, pos=None, group=None, cache=None):
+        """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask (B, T) bool
         for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
-        return_logits (token head): instead, the logits of the target positions, (number of targets, vocab) in
-        the order of x[is_target] (what training and guidance read; the softmax over them is not computed)."""
+        The block-causal layout (block_layout) passes t (B, G), one time per group of positions, with
+        group (T,) naming each position's, its positions pos (T,) and its attention mask (B, T, T);
+        with a KV cache, x holds only the positions after the cached ones.
+        return_logits (token head): instead, the logits of the target positions, (number of targets,
+        vocab) in the order of x[is_target] (what training and guidance read; no softmax is computed)."""
+        t = t[:, None] if t.dim() == 1 else t  # (B, G)
         h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
-        c = self.t_embed(timestep_embedding(t, 256))[:, None, :]  # (B, 1, D)
-        h = self.body(h, mask, c)
-        shift, scale = self.final_adaln(c).chunk(2, dim=-1)
+        c = self.t_embed(timestep_embedding(t.flatten(), 256)).view(*t.shape, -1)  # (B, G, D)
+        h = self.body(h, mask, c, cache, pos, group)
+        mods = self.final_adaln(c) if group is None else self.final_adaln(c)[:, group]
+        shift, scale = mods.expand(*h.shape[:2], -1).chunk(2, dim=-1)
         if not self.config.vocab_size:
             return self.out_proj(modulate(h, shift, scale))
         # the vocabulary-wide head only where it is read, at the target positions: it costs more than the body
-        row = is_target.nonzero(as_tuple=True)[0]
-        logits = self.out_proj(modulate(h[is_target], shift[row, 0], scale[row, 0]))
-        return logits if return_logits else self.velocity_from_logits(logits, x, t, is_target)
+        logits = self.out_proj(modulate(h[is_target], shift[is_target], scale[is_target]))
+        if return_logits:
+            return logits
+        return self.velocity_from_logits(logits, x, t if group is None else t[:, group], is_target)
 
     def velocity_from_logits(self, logits, x, t, is_target):
-        """Token head: x1 = softmax(logits) @ E at the target positions (the context's x1 is left at 0), the
-        expected clean latent, and v = (x1 - x_t) / (1 - t). The softmax and its expectation run in the logits'
-        dtype: in bf16, 5x faster on a CPU than in float32, and x1 moves by ~1e-3 of its scale."""
+        """Token head: x1 = softmax(logits) @ E at the target positions (the others' x1 is left at 0), the
+        expected clean latent, and v = (x1 - x_t) / (1 - t), t (B, 1) or (B, T). The softmax and its
+        expectation run in the logits' dtype: in bf16, 5x faster on a CPU than in float32, and x1 moves by
+        ~1e-3 of its scale."""
         x1 = x.new_zeros(x.shape, dtype=torch.float32)
         x1[is_target] = (logits.softmax(-1) @ self.token_latents.to(logits.dtype)).float()
-        return (x1 - x.float()) / (1 - t.float()[:, None, None]).clamp(min=1e-3)
+        return (x1 - x.float()) / (1 - t.float()[..., None]).clamp(min=1e-3)
 
-    def forward_with_cfg(self, x, t, is_target, mask, cfg_scale):
-        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context] ->
-        the guided velocity null + cfg_scale * (conditional - null) of the conditional half. The velocity head guides
-        the velocity; the token head guides its logits (as an autoregressive LM would), so the clean estimate
-        stays a mixture of token latents."""
+    def forward_with_cfg(self, x, t, is_target, mask, cfg_scale, **layout):
+        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context]
+        -> the guided velocity null + cfg_scale * (conditional - null) of the conditional half. The velocity
+        head guides the velocity; the token head guides its logits (as an autoregressive LM would), so the
+        clean estimate stays a mixture of token latents. layout: the block-causal layout's pos, group, cache."""
         half = x.size(0) // 2
         if not self.config.vocab_size:
-            v_ctx, v_null = self(x, t, is_target, mask).chunk(2)
+            v_ctx, v_null = self(x, t, is_target, mask, **layout).chunk(2)
             return torch.lerp(v_null, v_ctx, cfg_scale)  # null + cfg_scale * (ctx - null), in one pass
-        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True).chunk(2)  # both halves: the same targets
-        return self.velocity_from_logits(torch.lerp(l_null, l_ctx, cfg_scale), x[:half], t[:half], is_target[:half])
+        # both halves have the same targets
+        l_ctx, l_null = self(x, t, is_target, mask, return_logits=True, **layout).chunk(2)
+        t = t[:half, None] if t.dim() == 1 else t[:half]
+        t = t if layout.get('group') is None else t[:, layout['group']]
+        return self.velocity_from_logits(torch.lerp(l_null, l_ctx, cfg_scale), x[:half], t, is_target[:half])
+
+def block_layout(T, block_len, offset=0, device='cpu'):
+    """The block-causal DiT's layout of a window of T latents cut into diffusion blocks of block_len
+    (the first one block_len - offset long): the sequence is [T clean latents ; the same T noised], and
+    every noisy block is denoised from the clean latents before it, all blocks in one forward. A clean
+    latent sees the clean ones up to it (causal: at sampling they are the text written so far); a noisy
+    block sees itself (both ways) and the clean latents before it. -> pos (2T,) (the two streams share
+    positions), is_noisy (2T,), group (2T,) (0: clean, 1 + b: noisy block b) and the mask (2T, 2T)."""
+    i = torch.arange(T, device=device)
+    blk = (i + offset) // block_len  # 0, 1, ...
+    no = torch.zeros(T, T, dtype=torch.bool, device=device)
+    mask = torch.cat([torch.cat([i[None, :] <= i[:, None], no], 1),  # clean rows
+                      torch.cat([blk[None, :] < blk[:, None], blk[None, :] == blk[:, None]], 1)])
+    is_noisy = torch.cat([torch.zeros_like(i, dtype=torch.bool), torch.ones_like(i, dtype=torch.bool)])
+    return torch.cat([i, i]), is_noisy, torch.cat([torch.zeros_like(blk), 1 + blk]), mask
 
 @torch.no_grad()
 def token_latent_means(encode, batches, vocab_size):
@@ -359,20 +403,29 @@ class GPTConfig:
     dropout: float = 0.0
 
 class KVCache:
-    """One attention layer's keys and values of the tokens seen so far, for sampling a token at a time."""
+    """One attention layer's keys and values of the tokens seen so far, for sampling a token (the GPT) or
+    a block (the block-causal DiT) at a time."""
 
-    def __init__(self):
-        self.k = self.v = None
+    def __init__(self, k=None, v=None, keep=True):
+        self.k, self.v, self.keep = k, v, keep
 
     def __len__(self):
         return 0 if self.k is None else self.k.size(2)
 
     def update(self, k, v):
-        """Append the new keys/values (B, nh, T, hd); returns all of them."""
+        """Append the new keys/values (B, nh, T, hd) (unless this is a frozen view); returns all of them."""
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        self.k, self.v = k, v
+        if self.keep:
+            self.k, self.v = k, v
         return k, v
+
+    def frozen(self, rows=None):
+        """A view of the first `rows` rows that reads these keys but keeps nothing new: a DiT's noisy
+        block, denoised step by step."""
+        if self.k is None:
+            return KVCache(keep=False)
+        return KVCache(self.k[:rows], self.v[:rows], keep=False)
 
 class GPT(nn.Module):
     """GPT-2 with RoPE: the token embedding and the head are one matrix (tied, as in GPT-2)."""

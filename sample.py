@@ -12,41 +12,92 @@ import torch
 
 from checkpoint import fingerprint, load_checkpoint, load_vae, unwrap_state_dict
 from data import get_tokenizer, load_meta, tokenizer_sha256
-from model import TextDiT, DiTConfig, flow_time, lengths_to_mask, pack_segments, take_segment
+from model import (TextDiT, DiTConfig, KVCache, causal_mask, flow_time, lengths_to_mask, pack_segments,
+                   take_segment)
 
 CFG = 2.0  # guidance of the default DiT (token head), by quality on the curve; the velocity head: 8, cfg_until 1
 # 10 second-order steps, guided while t < 0.6: 96.6% of the tokens of a 200-step solution (the paper's 50 Euler
 # steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
 
-@torch.no_grad()
-def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule='logit_normal', mean=0.0, std=1.5,
-                   generator=None, solver=SOLVER, cfg_until=CFG_UNTIL):
-    """Integrate dx/dt = v(x, t, context) from x ~ N(0, I) at t = 0 to data at t = 1, at evenly spaced quantiles of
-    the training's time distribution (CDCD: step where training put its effort). ctx (B, Tc, C) normalised context
-    latents (Tc may be 0), ctx_lens/tgt_lens (B,) -> target latents (B, Tt, C).
-    Each step moves x to t' along its clean estimate x1 = x + (1 - t) v: x' = x + (t' - t) / (1 - t) (x1 - x), Euler's
-    step; solver='dpm2m' (DPM-Solver++(2M)) extrapolates x1 from the last step, linearly in log SNR: second order at
-    one forward a step. Guidance while t < cfg_until: null + cfg * (conditional - null), null = zero context, in
-    one batched forward of 2B rows; after it, forwards of B rows."""
-    B, Tt, C = ctx.size(0), int(tgt_lens.max()), dit.config.latent_channels
-    x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
+def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
+    """Integrate dx/dt = velocity(x, t, guided) from x ~ N(0, I) at t = 0 to data at t = 1, at evenly
+    spaced quantiles of the training's time distribution (CDCD: step where training put its effort);
+    guided while t < cfg_until. Each step moves x to t' along its clean estimate x1 = x + (1 - t) v:
+    x' = x + (t' - t) / (1 - t) (x1 - x), Euler's step; solver='dpm2m' (DPM-Solver++(2M)) extrapolates
+    x1 from the last step, linearly in log SNR: second order at one forward a step."""
     ts = flow_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), schedule, mean, std).tolist()
     lam = [math.log(t / (1 - t)) if 0 < t < 1 else None for t in ts]  # log SNR, None at the two ends
-    pair = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)  # [conditional ; null]
-    has_ctx, last = bool((ctx_lens > 0).any()), None  # last: the previous step's (x1, guided)
+    last = None  # the previous step's (x1, guided)
     for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        guided = cfg != 1.0 and t < cfg_until and has_ctx
-        c, c_lens, t_lens = pair if guided else (ctx, ctx_lens, tgt_lens)
-        packed, is_target, mask = pack_segments(c, c_lens, (torch.cat([x, x]) if guided else x).float(), t_lens)
-        t_in = torch.full((packed.size(0),), t, device=x.device)
-        v = dit.forward_with_cfg(packed, t_in, is_target, mask, cfg) if guided else dit(packed, t_in, is_target, mask)
-        x1 = x + (1 - t) * take_segment(v.double(), ctx_lens, Tt)  # the conditional half's when guided
+        guided = cfg != 1.0 and t < cfg_until
+        x1 = x + (1 - t) * velocity(x, t, guided).double()  # the conditional half's when guided
         x1_step = x1  # second order inside (0, 1), unless the guidance just switched off (x1 jumps there)
         if solver == 'dpm2m' and last and last[1] == guided and None not in (lam[k - 1], lam[k + 1]):
             x1_step = x1 + (x1 - last[0]) * (lam[k + 1] - lam[k]) / (2 * (lam[k] - lam[k - 1]))
-        x, last = x + (t_next - t) / (1 - t) * (x1_step - x), (x1, guided)  # in float64, as REPA's sampler
+        x, last = x + (t_next - t) / (1 - t) * (x1_step - x), (x1, guided)  # float64, as REPA's sampler
     return x.float()
+
+@torch.no_grad()
+def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule='logit_normal', mean=0.0,
+                   std=1.5, generator=None, solver=SOLVER, cfg_until=CFG_UNTIL):
+    """The paper's layout: the whole target at once after its context. ctx (B, Tc, C) normalised context
+    latents (Tc may be 0), ctx_lens/tgt_lens (B,) -> target latents (B, Tt, C). A guided step is one
+    forward of 2B rows [conditional ; null], null = zero context; the others, of B rows."""
+    B, Tt, C = ctx.size(0), int(tgt_lens.max()), dit.config.latent_channels
+    pair = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)
+
+    def velocity(x, t, guided):
+        c, c_lens, t_lens = pair if guided else (ctx, ctx_lens, tgt_lens)
+        x = torch.cat([x, x]) if guided else x
+        packed, is_target, mask = pack_segments(c, c_lens, x.float(), t_lens)
+        t = torch.full((packed.size(0),), t, device=x.device)
+        if guided:
+            return take_segment(dit.forward_with_cfg(packed, t, is_target, mask, cfg), ctx_lens, Tt)
+        return take_segment(dit(packed, t, is_target, mask), ctx_lens, Tt)
+
+    x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
+    has_ctx = bool((ctx_lens > 0).any())  # else there is nothing to guide by
+    return integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until if has_ctx else 0)
+
+@torch.no_grad()
+def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_until):
+    """The block-causal layout: block after block, each integrated from noise as a whole target is, its
+    DiT reading the clean latents before it through a KV cache; then decoded, and its tokens encoded
+    again as the clean latents the next block reads (as training made them). idx (B, P) right-padded
+    prompts of lengths lens (B,) -> the new tokens (B, length). Guidance: null = zero clean latents."""
+    dit, n, (B, P) = ldm.dit, ldm.dit.config.block_len, idx.shape
+    rows = 2 * B if cfg != 1.0 else B  # [conditional ; null]
+    # left-padded, so that every row's text ends where the next block starts
+    seq, real = take_segment(idx, lens - P, P), lengths_to_mask(lens, P).flip(1)
+    cache, z = [KVCache() for _ in dit.body.blocks], seq.new_zeros(B, 0, dit.config.latent_channels)
+    while seq.size(1) - P < length:
+        # the clean latents of the newest tokens (causal: the earlier ones stay), into the cache at t = 1
+        L, new, n_real = seq.size(1), seq.size(1) - z.size(1), real.sum(1)
+        z_all = ldm.encode(take_segment(seq, L - n_real, L), n_real)  # right-padded for the encoder
+        z = torch.cat([z, take_segment(z_all, n_real - L, L)[:, L - new:]], 1)
+        own = torch.arange(L) == torch.arange(L - new, L)[:, None]  # a padding query sees itself, not nothing
+        sees = ((real[:, None, :] | own.to(real.device)) & causal_mask(new, L, real.device))
+        x = torch.cat([z[:, L - new:], torch.zeros_like(z[:, L - new:])])[:rows]
+        dit(x, x.new_ones(rows), torch.zeros_like(x[..., 0], dtype=torch.bool), sees.repeat(rows // B, 1, 1),
+            cache=cache)
+        # the next block: it sees the real clean latents and itself
+        sees = torch.cat([real, real.new_ones(B, n)], 1)[:, None, :]
+
+        def velocity(x, t, guided):
+            m = 2 if guided else 1
+            x, t = torch.cat([x] * m).float(), x.new_full((m * B,), t, dtype=torch.float32)
+            is_target, view = torch.ones_like(x[..., 0], dtype=torch.bool), [c.frozen(m * B) for c in cache]
+            if guided:
+                return dit.forward_with_cfg(x, t, is_target, sees.repeat(2, 1, 1), cfg, cache=view)
+            return dit(x, t, is_target, sees, cache=view)
+
+        x = torch.randn(B, n, z.size(2), generator=generator, device=seq.device, dtype=torch.float64)
+        x = integrate(velocity, x, steps, cfg, **ldm.times, solver=solver, cfg_until=cfg_until)
+        real = sees[:, 0]
+        logits = ldm.vae.decode(torch.cat([z, x], 1) * ldm.std + ldm.mean, real, last=n)
+        seq = torch.cat([seq, logits.argmax(-1)], 1)
+    return seq[:, P:P + length]
 
 @torch.no_grad()
 def generate(ldm, prompts, length, steps=STEPS, cfg=CFG, seed=0, solver=SOLVER, cfg_until=CFG_UNTIL):
@@ -63,10 +114,15 @@ def generate(ldm, prompts, length, steps=STEPS, cfg=CFG, seed=0, solver=SOLVER, 
         ids = [i[len(i) - r:] if len(i) > r else i for i, r in zip(ids, room)]
     ctx_lens, tgt_lens = torch.tensor([len(i) for i in ids], device=ldm.device), torch.tensor(lengths, device=ldm.device)
     idx = torch.tensor([i + [0] * (max(1, *map(len, ids)) - len(i)) for i in ids], device=ldm.device)  # right-padded
+    gen = torch.Generator(device=ldm.device).manual_seed(seed)
+    if ldm.dit.config.block_len:
+        with ldm.autocast():
+            tokens = sample_blocks(ldm, idx, ctx_lens, max(lengths), steps, cfg, gen, solver, cfg_until)
+        return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
     ctx = ldm.encode(idx, ctx_lens)  # the prompt is encoded on its own, as in training
     with ldm.autocast():
-        z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, **ldm.times, solver=solver, cfg_until=cfg_until,
-                           generator=torch.Generator(device=ldm.device).manual_seed(seed))
+        z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, **ldm.times, generator=gen,
+                           solver=solver, cfg_until=cfg_until)
         tokens = ldm.decode(z, tgt_lens)  # in bf16 too: its vocabulary head costs what the GPT's does
     return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
 

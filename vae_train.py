@@ -41,6 +41,7 @@ n_head = 4
 n_enc_layer = 2
 n_dec_layer = 2
 latent_channels = 16
+causal_encoder = False  # latents that read no later token: the block-causal DiT needs it (dit_train.py)
 dropout = 0.0
 # loss
 beta_kl = 1e-3           # weight of the KL, in nats per token summed over channels
@@ -86,7 +87,7 @@ if repa_weight > 0:
 
 model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,
-                  repa_dim=teacher.width if teacher else 0, dropout=dropout)
+                  repa_dim=teacher.width if teacher else 0, causal_encoder=causal_encoder, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'vae')
