@@ -1,6 +1,6 @@
 """
-Checkpoint files, written and read the same way by every script: atomic saves, weights-only loads that
-refuse a checkpoint of the wrong kind, and the frozen VAE a DiT is trained and sampled on.
+Checkpoint files, written and read the same way by every script: atomic saves, weights-only loads
+that refuse a checkpoint of the wrong kind, and the frozen VAE a DiT is trained and sampled on.
 """
 import glob
 import hashlib
@@ -11,9 +11,10 @@ import torch
 from model import TextVAE, VAEConfig
 
 def save_checkpoint(obj, path):
-    """Write to a temp file in the same folder, fsync it, then rename: a crash mid-save keeps the last good file,
-    and a power cut after the rename cannot leave an empty one (the rename may reach the disk before the data).
-    Only one process saves to a path (rank 0), so temp files of earlier saves are leftovers of killed ones."""
+    """Write to a temp file in the same folder, fsync it, then rename: a crash mid-save keeps the
+    last good file, and a power cut after the rename cannot leave an empty one (the rename may reach
+    the disk before the data). Only one process saves to a path (rank 0), so temp files of earlier
+    saves are leftovers of killed ones."""
     folder = os.path.dirname(path) or '.'
     os.makedirs(folder, exist_ok=True)
     for old in glob.glob(glob.escape(path) + '.tmp.*'):
@@ -30,16 +31,20 @@ def save_checkpoint(obj, path):
     finally:
         os.close(fd)
 def load_checkpoint(path, kind, map_location='cpu'):
-    """Load a checkpoint written by save_checkpoint, refusing one of another kind ('vae', 'dit', 'gpt')."""
+    """Load a checkpoint written by save_checkpoint, refusing one of another kind ('vae', 'dit',
+    'gpt')."""
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no checkpoint at {path}: train one first, or point to it with the right out_dir/--ckpt")
+        raise SystemExit(f"error: no checkpoint at {path}: train one first, or point to it with "
+                         "the right out_dir/--ckpt")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise SystemExit(f"error: cannot read checkpoint {path} ({type(e).__name__}): the file is damaged or not a textldm checkpoint")
+        raise SystemExit(f"error: cannot read checkpoint {path} ({type(e).__name__}): the file is "
+                         "damaged or not a textldm checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get('kind') != kind:
         found = ckpt.get('kind') if isinstance(ckpt, dict) else None
-        raise SystemExit(f"error: {path} is a {found or 'foreign'} checkpoint, but a {kind} checkpoint is needed here")
+        raise SystemExit(f"error: {path} is a {found or 'foreign'} checkpoint, but a {kind} "
+                         "checkpoint is needed here")
     return ckpt
 def unwrap_state_dict(sd):
     # torch.compile prefixes parameter names with '_orig_mod.'
@@ -52,11 +57,13 @@ def fingerprint(state_dict):
         h.update(state_dict[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 def load_vae(path, device):
-    """The frozen, trained TextVAE of a vae checkpoint, and the checkpoint's record (its latent stats, config and
-    tokenizer) without the weights and optimizer state, which a caller holding the VAE need not keep in memory."""
+    """The frozen, trained TextVAE of a vae checkpoint, and the checkpoint's record (its latent
+    stats, config and tokenizer) without the weights and optimizer state, which a caller holding the
+    VAE need not keep in memory."""
     ckpt = load_checkpoint(path, 'vae')
     if 'latent_mean' not in ckpt:
-        raise SystemExit(f"error: {path} has no latent statistics (its training did not finish): finish it with --init_from=resume")
+        raise SystemExit(f"error: {path} has no latent statistics (its training did not finish): "
+                         "finish it with --init_from=resume")
     vae = TextVAE(VAEConfig(**ckpt['model_args']))
     vae.load_state_dict(unwrap_state_dict(ckpt['model']))
     vae.repa_proj = None  # a training-only head

