@@ -4,12 +4,15 @@ Stage 2: train the TextDiT with flow matching on the frozen VAE's latents.
     python dit_train.py config/dit_tiny.py                        # the embedded default, CPU
     torchrun --nproc_per_node=8 dit_train.py config/dit_328m.py   # the paper's ablation size
 
-Each window is split into a context and a target, ENCODED SEPARATELY (no target information can reach
-the context latents). The DiT sees [clean context ; x_t] with x_t = t * x1 + (1 - t) * x0, x0 ~ N(0, I),
-and on the target positions either regresses the velocity x1 - x0 (head='velocity', the paper's MSE) or
-predicts the target tokens (head='tokens', cross-entropy; its velocity comes from the expected clean
-latent, see TextDiT). Classifier-free guidance: the context is replaced by zeros with probability
-p_drop_context, and a fraction p_uncond of windows have no context.
+The paper's layout: each window is split into a context and a target, ENCODED SEPARATELY (no target
+information can reach the context latents). The DiT sees [clean context ; x_t] with
+x_t = t * x1 + (1 - t) * x0, x0 ~ N(0, I), and on the target positions either regresses the velocity
+x1 - x0 (head='velocity', the paper's MSE) or predicts the target tokens (head='tokens', cross-
+entropy; its velocity comes from the expected clean latent, see TextDiT). Classifier-free guidance:
+the context is replaced by zeros with probability p_drop_context; a fraction p_uncond of windows
+have none.
+The block-causal layout (block_len > 0): the whole window, clean and noised block by block, every
+block denoised from the clean latents before it (model.block_layout).
 """
 import copy
 import os
@@ -21,10 +24,10 @@ import torch.nn.functional as F
 
 from checkpoint import save_checkpoint, load_checkpoint, load_vae, fingerprint
 from data import TokenData, load_meta, tokenizer_sha256
-from model import (TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments, pack_segments,
-                   block_layout, lengths_to_mask, flops_per_token, peak_flops)
-from training import (setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng, sum_over_ranks,
-                      check_finite, Meter, write_summary)
+from model import (TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments,
+                   pack_segments, block_layout, lengths_to_mask, flops_per_token, peak_flops)
+from training import (setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng,
+                      sum_over_ranks, check_finite, Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -36,10 +39,10 @@ eval_interval = 250
 eval_iters = 10
 log_interval = 10
 max_iters = 500
-keep_steps = ''  # also keep these steps' checkpoints in out_dir/step<N>/ (a curve from one run), e.g. '500,1000'
-# data: window length uniform in [min_len, block_size]; the context takes a fraction of it uniform in
-# [ctx_frac_min, ctx_frac_max] (the paper samples lengths uniformly)
-batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
+keep_steps = ''  # also keep these steps' checkpoints in out_dir/step<N>/ (a curve), e.g. '500,1000'
+# data: window length uniform in [min_len, block_size]; the context takes a fraction of it uniform
+# in [ctx_frac_min, ctx_frac_max] (the paper samples lengths uniformly)
+batch_size = 32  # per micro-step: the global batch is batch_size x grad. accumulation x GPUs
 gradient_accumulation_steps = 1
 block_size = 128
 min_len = 16
@@ -47,17 +50,23 @@ ctx_frac_min = 0.25
 ctx_frac_max = 0.75
 p_drop_context = 0.1  # context latents -> zeros (the null condition of CFG)
 p_uncond = 0.05       # whole windows as targets with no context (unconditional generation)
-# the layout: 0 is the paper's, one target after a context encoded apart; block_len > 0 is block-causal
-# (Cola DLM, BD3-LM): the window cut into blocks of block_len latents, each denoised from the clean
-# latents before it, all in one forward, so a window teaches as many boundaries as it has blocks
+# the layout: 0 is the paper's, one target after a context encoded apart; block_len > 0 is
+# block-causal (Cola DLM, BD3-LM): the window cut into blocks of block_len latents, each denoised
+# from the clean latents before it, in one forward: a window teaches as many boundaries as blocks
 block_len = 0
-t_per_block = True  # block_len > 0: an independent time per noisy block (BD3-LM), else one per window
+t_per_block = True  # block_len > 0: an independent time per noisy block (BD3-LM), else per window
+# block_len > 0, token head: the weight of a next-token cross-entropy on the clean latents. They are
+# read causally, so the clean stream is a GPT inside the DiT: every position a lesson of what
+# follows clean text, where diffusion gives one a block (few at the high noise where only the past
+# tells)
+ar_weight = 0.0
 # flow matching
 t_schedule = 'logit_normal'  # or 'uniform'
 t_mean = 0.0
 t_std = 1.5
 # model
-head = 'velocity'  # 'velocity': regress x1 - x0 with MSE (the paper); 'tokens': score interpolation, trained with cross-entropy
+# 'velocity': regress x1 - x0 with MSE (the paper); 'tokens': score interpolation, cross-entropy
+head = 'velocity'
 n_embd = 256
 n_head = 4
 n_layer = 6
@@ -81,11 +90,16 @@ seed = 1337
 peak_tflops = 0.0
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())
-config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+config = {k: v for k, v in globals().items()
+          if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
 
 if not 2 <= min_len <= block_size or not 0 < ctx_frac_min <= ctx_frac_max < 1:
-    raise SystemExit("error: need 2 <= min_len <= block_size and 0 < ctx_frac_min <= ctx_frac_max < 1")
+    raise SystemExit("error: need 2 <= min_len <= block_size and "
+                     "0 < ctx_frac_min <= ctx_frac_max < 1")
+if ar_weight and not (block_len and head == 'tokens'):
+    raise SystemExit("error: ar_weight > 0 needs the block-causal layout (block_len > 0) and "
+                     "head='tokens'")
 keep = parse_keep_steps(keep_steps, max_iters)
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, autocast, master = env['device'], env['autocast'], env['master']
@@ -93,39 +107,46 @@ meta = load_meta(data_dir)
 train_data, val_data = TokenData(data_dir, 'train'), TokenData(data_dir, 'val')
 vae, vae_ck = load_vae(vae_ckpt, device)
 if vae_ck['tokenizer_sha256'] != tokenizer_sha256(meta):
-    raise SystemExit(f"error: the VAE {vae_ckpt} was trained with another tokenizer than the one in {data_dir}")
+    raise SystemExit(f"error: the VAE {vae_ckpt} was trained with another tokenizer than the one "
+                     f"in {data_dir}")
 if block_len and not vae.config.causal_encoder:
-    raise SystemExit(f"error: block_len > 0 needs a VAE whose encoder is causal (a clean latent must not "
-                     f"read the block being denoised): train one with --causal_encoder=True")
+    raise SystemExit("error: block_len > 0 needs a VAE whose encoder is causal (a clean latent "
+                     "must not read the block being denoised): train one with "
+                     "--causal_encoder=True")
 if block_size > vae.config.block_size:
-    raise SystemExit(f"error: block_size {block_size} is longer than the VAE's {vae.config.block_size}")
+    raise SystemExit(f"error: block_size {block_size} is longer than the VAE's "
+                     f"{vae.config.block_size}")
 lat_mean, lat_std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
 C = vae.config.latent_channels
 
-model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
-                  vocab_size=meta['vocab_size'] if head == 'tokens' else 0, block_len=block_len,
-                  dropout=dropout)
+model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head,
+                  n_layer=n_layer, vocab_size=meta['vocab_size'] if head == 'tokens' else 0,
+                  block_len=block_len, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
     if ckpt['vae_fingerprint'] != fingerprint(vae.state_dict()):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained on another VAE than {vae_ckpt}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
-    if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
-        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
+    if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: else, never
+        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past "
+                         f"max_iters={max_iters}: raise max_iters to train on")
 
 def token_latents(n_batches=50):
     """E for the token head: each token's mean normalised latent over training windows."""
     def encode(idx, lens):
         with autocast:
             return (vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0] - lat_mean) / lat_std
-    batches = (train_data.sample(batch_size, block_size, np.random.default_rng([seed, 3, k])) for k in range(n_batches))
-    return token_latent_means(encode, ((idx.to(device), lens.to(device)) for idx, lens in batches), meta['vocab_size'])[0]
+    rngs = (np.random.default_rng([seed, 3, k]) for k in range(n_batches))
+    batches = (train_data.sample(batch_size, block_size, rng) for rng in rngs)
+    batches = ((idx.to(device), lens.to(device)) for idx, lens in batches)
+    return token_latent_means(encode, batches, meta['vocab_size'])[0]
 
 dit = TextDiT(DiTConfig(**model_args))
 if dit.config.vocab_size and ckpt is None:
     dit.token_latents.copy_(token_latents())
-model, raw_model, optimizer = prepare_model(dit, ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
+model, raw_model, optimizer = prepare_model(dit, ckpt, env, compile, weight_decay, learning_rate,
+                                            (beta1, beta2))
 ema = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay > 0 else None
 if ema is not None and ckpt and ckpt['ema'] is not None:
     ema.load_state_dict(ckpt['ema'])
@@ -133,21 +154,25 @@ ckpt = None  # free memory
 
 def get_batch(data, rng):
     """Windows, their context lengths (0 = unconditional) and which contexts are dropped for CFG."""
-    idx, lens = data.sample(batch_size, int(rng.integers(min_len, block_size + 1)), rng)  # one length per batch: no padding
-    ctx_lens = np.floor(rng.uniform(ctx_frac_min, ctx_frac_max, size=batch_size) * lens.numpy()).astype(np.int64)
+    # one length per batch: no padding
+    idx, lens = data.sample(batch_size, int(rng.integers(min_len, block_size + 1)), rng)
+    frac = rng.uniform(ctx_frac_min, ctx_frac_max, size=batch_size)
+    ctx_lens = np.floor(frac * lens.numpy()).astype(np.int64)
     ctx_lens = np.clip(ctx_lens, 1, lens.numpy() - 1)
     ctx_lens[rng.random(batch_size) < p_uncond] = 0
     drop = torch.from_numpy(rng.random(batch_size) < p_drop_context)
     return idx.to(device), lens.to(device), torch.from_numpy(ctx_lens).to(device), drop.to(device)
 
 def paper_inputs(idx, lens, ctx_lens, drop, generator):
-    """The paper's layout: [clean context ; x_t of the target], one time per window. Context and target
-    are encoded SEPARATELY by the frozen VAE. -> the DiT's inputs, the velocity x1 - x0 and t per position."""
+    """The paper's layout: [clean context ; x_t of the target], one time per window. Context and
+    target are encoded SEPARATELY by the frozen VAE. -> the DiT's inputs, the velocity x1 - x0 and t
+    per position."""
     with autocast:
         zc, x1, tgt_lens = encode_segments(vae, idx, lens, ctx_lens)
     zc, x1 = (zc - lat_mean) / lat_std, (x1 - lat_mean) / lat_std
     zc = zc * (~drop)[:, None, None]  # the null condition: zero context vectors
-    t = flow_time(torch.rand(idx.size(0), generator=generator, device=device), t_schedule, t_mean, t_std)
+    q = torch.rand(idx.size(0), generator=generator, device=device)
+    t = flow_time(q, t_schedule, t_mean, t_std)
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
@@ -155,7 +180,7 @@ def paper_inputs(idx, lens, ctx_lens, drop, generator):
     return dict(x=x, t=t, is_target=is_target, mask=mask), velocity, t[:, None].expand_as(is_target)
 
 def block_inputs(idx, lens, drop, generator):
-    """The block-causal layout: [clean window ; the window noised block by block] (block_layout), the
+    """The block-causal layout: [clean window ; the window noised block by block] (block_layout),
     blocks' edges at a random offset, so that a prompt of any length ends where a block starts."""
     B, T = idx.shape
     with autocast:  # the causal encoder: a clean latent reads no token after it
@@ -170,12 +195,13 @@ def block_inputs(idx, lens, drop, generator):
     x = torch.cat([x1 * (~drop)[:, None, None], t_noisy * x1 + (1 - t_noisy) * x0], 1)
     real = lengths_to_mask(lens, T).repeat(1, 2)  # (B, 2T)
     t = torch.cat([torch.ones_like(t[:, :1]), t], 1)  # the clean latents are at t = 1
-    inputs = dict(x=x, t=t, is_target=is_noisy & real, mask=layout & real[:, None, :], pos=pos, group=group)
+    inputs = dict(x=x, t=t, is_target=is_noisy & real, mask=layout & real[:, None, :], pos=pos,
+                  group=group)
     return inputs, torch.cat([torch.zeros_like(x1), x1 - x0], 1), t[:, group]
 
 def flow_loss(net, batch, generator=None):
-    """The training loss, and the loss and t of every target latent (for the loss-by-t log): the velocity
-    head's MSE to x1 - x0, or the token head's cross-entropy on the target tokens."""
+    """The training loss, and the loss and t of every target latent (for the loss-by-t log): the
+    velocity head's MSE to x1 - x0, or the token head's cross-entropy on the target tokens."""
     idx, lens, ctx_lens, drop = batch
     if block_len:
         inputs, velocity, t = block_inputs(idx, lens, drop, generator)
@@ -183,20 +209,27 @@ def flow_loss(net, batch, generator=None):
     else:
         inputs, velocity, t = paper_inputs(idx, lens, ctx_lens, drop, generator)
         tokens = idx[:, :velocity.size(1)]  # the packed layout keeps each window's order
-    is_target = inputs['is_target']
+    is_target, B, T = inputs['is_target'], idx.size(0), idx.size(1)
+    if ar_weight:  # the head at every position, clean and noisy
+        inputs['head_at'] = torch.ones_like(is_target)
     with autocast:
         out = net(**inputs, return_logits=head == 'tokens')
+    if ar_weight:
+        out, out_clean = out.view(B, 2 * T, -1)[is_target], out.view(B, 2 * T, -1)[:, :T - 1]
+        next_ok = lengths_to_mask(lens - 1, T - 1)  # clean latent i predicts token i + 1
+        ar = F.cross_entropy(out_clean[next_ok].float(), idx[:, 1:][next_ok])
     if head == 'tokens':  # the logits are the target positions', in the order of x[is_target]
         per_latent = F.cross_entropy(out.float(), tokens[is_target], reduction='none')
     else:
         per_latent = ((out[is_target].float() - velocity[is_target]) ** 2).mean(-1)
-    return per_latent.mean(), per_latent, t[is_target]
+    loss = per_latent.mean() + (ar_weight * ar if ar_weight else 0.0)
+    return loss, per_latent, t[is_target]
 
 T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 @torch.no_grad()
 def evaluate():
-    """Val loss of the model (and of the EMA), overall and binned by t, on fixed batches and noise."""
+    """Val loss of the model (and of the EMA), overall and binned by t, on fixed batches, noise."""
     out = {}
     for name, net in [('model', raw_model)] + ([('ema', ema)] if ema is not None else []):
         net.eval()
@@ -210,24 +243,29 @@ def evaluate():
         losses, ts = torch.cat(losses), torch.cat(ts)
         bins = torch.bucketize(ts, torch.tensor(T_BINS[1:-1], device=device))
         out[name] = losses.mean().item()
-        out[name + '_by_t'] = [losses[bins == b].mean().item() if (bins == b).any() else float('nan') for b in range(len(T_BINS) - 1)]
+        out[name + '_by_t'] = [losses[bins == b].mean().item() if (bins == b).any()
+                               else float('nan') for b in range(len(T_BINS) - 1)]
     return out
 
 def checkpoint(best_val, folder):
-    save_checkpoint(dict(kind='dit', model=raw_model.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                         optimizer=optimizer.state_dict(), model_args=model_args, iter_num=iter_num, best_val_loss=best_val,
-                         config=config, vae_fingerprint=fingerprint(vae.state_dict()), tokenizer_sha256=tokenizer_sha256(meta)),
-                    os.path.join(folder, 'ckpt.pt'))
+    ckpt = dict(kind='dit', model=raw_model.state_dict(),
+                ema=ema.state_dict() if ema is not None else None, optimizer=optimizer.state_dict(),
+                model_args=model_args, iter_num=iter_num, best_val_loss=best_val, config=config,
+                vae_fingerprint=fingerprint(vae.state_dict()),
+                tokenizer_sha256=tokenizer_sha256(meta))
+    save_checkpoint(ckpt, os.path.join(folder, 'ckpt.pt'))
 
 # -----------------------------------------------------------------------------
 # the training loop (out_dir is made only now: a mistake found above leaves nothing on disk)
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    print(f"TextDiT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters on C={C} latents, "
-          + (f"t ~ {t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "t ~ uniform")
-          + f", global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
-n_streams = 2 if block_len else 1  # the block-causal layout reads every latent twice, clean and noisy
-meter = Meter(n_streams * flops_per_token(raw_model, n_streams * block_size, n_layer, n_embd), peak_flops(env['device_type'], peak_tflops), env['world'])
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    times = f"{t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "uniform"
+    print(f"TextDiT: {n_params / 1e6:.2f}M parameters on C={C} latents, t ~ {times}, global batch "
+          f"{batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
+n_streams = 2 if block_len else 1  # the block-causal layout reads every latent twice
+flops = n_streams * flops_per_token(raw_model, n_streams * block_size, n_layer, n_embd)
+meter = Meter(flops, peak_flops(env['device_type'], peak_tflops), env['world'])
 t_start = time.time()
 best_val = float('inf')
 bin_names = ' '.join(f'{a:.1f}-{b:.1f}' for a, b in zip(T_BINS, T_BINS[1:]))
@@ -238,11 +276,14 @@ while True:
 
     if iter_num % eval_interval == 0 or iter_num == max_iters or iter_num in keep:
         ev = evaluate()
-        check_finite(ev['model'], 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
+        # never save a broken model over the last good one
+        check_finite(ev['model'], 'val loss', iter_num, out_dir)
         if master:
             key = 'ema' if ema is not None else 'model'
-            print(f"step {iter_num}: val loss {ev['model']:.4f}" + (f" ema {ev['ema']:.4f}" if ema is not None else "")
-                  + f" | {key} by t [{bin_names}]: " + ' '.join(f'{x:.3f}' for x in ev[key + '_by_t'])
+            print(f"step {iter_num}: val loss {ev['model']:.4f}"
+                  + (f" ema {ev['ema']:.4f}" if ema is not None else "")
+                  + f" | {key} by t [{bin_names}]: "
+                  + ' '.join(f'{x:.3f}' for x in ev[key + '_by_t'])
                   + f" [{(time.time() - t_start) / 60:.1f} min]")
             best_val = min(best_val, ev[key])
             if iter_num > 0:
@@ -256,10 +297,11 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         if env['ddp']:  # average the gradients across ranks on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        rng = micro_batch_rng(seed, env['rank'] * gradient_accumulation_steps + micro_step, iter_num)
+        place = env['rank'] * gradient_accumulation_steps + micro_step
+        rng = micro_batch_rng(seed, place, iter_num)
         batch = get_batch(train_data, rng)
         loss, _, _ = flow_loss(model, batch)
-        # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of targets
+        # every micro-batch weighs the same (so does every rank's under DDP), whatever its targets
         (loss / gradient_accumulation_steps).backward()
         loss_sum, tokens = loss_sum + loss.detach(), tokens + batch[1].sum()
     if grad_clip > 0:
@@ -272,7 +314,8 @@ while True:
             for pe, p in zip(ema.parameters(), raw_model.parameters()):
                 pe.lerp_(p, 1.0 - decay)
     sums = sum_over_ranks(dict(loss=loss_sum, tokens=tokens), env)
-    lossf = sums['loss'] / (gradient_accumulation_steps * env['world'])  # the mean over the global batch
+    # the mean over the global batch
+    lossf = sums['loss'] / (gradient_accumulation_steps * env['world'])
     check_finite(lossf, 'loss', iter_num, out_dir)
     dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
@@ -282,6 +325,7 @@ while True:
 
 if master:
     print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
-    write_summary(out_dir, dict(iters=iter_num, minutes=round((time.time() - t_start) / 60, 2), final_eval=ev, **meter.summary()))
+    minutes = round((time.time() - t_start) / 60, 2)
+    write_summary(out_dir, dict(iters=iter_num, minutes=minutes, final_eval=ev, **meter.summary()))
 if env['ddp']:
     torch.distributed.destroy_process_group()

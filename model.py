@@ -19,8 +19,8 @@ import torch.nn.functional as F
 # the shared Transformer block
 
 def rope_cache(pos, head_dim, base=10000.0):
-    # the angles of the positions pos (T,): a KV cache's new tokens, or the block-causal DiT's two streams,
-    # which share positions
+    # the angles of the positions pos (T,): a KV cache's new tokens, or the block-causal DiT's two
+    # streams, which share positions
     arange = torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
     inv_freq = 1.0 / (base ** (arange / head_dim))
     freqs = torch.outer(pos.float(), inv_freq)  # (T, hd/2)
@@ -51,9 +51,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v)
-        # mask: (B, T) True for the real keys (padding hidden from every query), or (B, T, keys) which
-        # query sees which key (the block-causal DiT and its cache build it)
-        attn_mask = None if mask is None else mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+        # mask: (B, T) True for the real keys (padding hidden from every query), or (B, T, keys)
+        # which query sees which key (the block-causal DiT and its cache build it)
+        attn_mask = None
+        if mask is not None:
+            attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
         # causal: each query sees the keys up to its own position (the last T of the keys)
         is_causal = self.causal and T > 1
         if is_causal and (attn_mask is not None or k.size(2) > T):  # SDPA's is_causal takes neither
@@ -63,7 +65,8 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 def causal_mask(T, n_keys, device):
-    """(T, n_keys): query i, the last of T after n_keys - T cached keys, sees the keys up to its own."""
+    """(T, n_keys): query i, the i-th new one after n_keys - T cached keys, sees the keys up to
+    its own."""
     return torch.ones(T, n_keys, dtype=torch.bool, device=device).tril(n_keys - T)
 
 class MLP(nn.Module):
@@ -94,11 +97,12 @@ class Block(nn.Module):
         if self.adaln is None:
             x = x + self.drop(self.attn(self.ln1(x), rope, mask, cache))
             return x + self.drop(self.mlp(self.ln2(x)))
-        # c: (B, 1, D) one vector per sample, (B, T, D) one per position, or (B, G, D) one per group of
-        # positions with group (T,) naming each position's: the modulation is computed once per group
+        # c: (B, 1, D) one vector per sample, (B, T, D) one per position, or (B, G, D) one per group
+        # of positions, group (T,) naming each position's: the modulation is computed once a group
         mods = self.adaln(c) if group is None else self.adaln(c)[:, group]
         shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
-        x = x + gate1 * self.drop(self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask, cache))
+        h = self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask, cache)
+        x = x + gate1 * self.drop(h)
         return x + gate2 * self.drop(self.mlp(modulate(self.ln2(x), shift2, scale2)))
 
 class Transformer(nn.Module):
@@ -112,8 +116,8 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
 
     def forward(self, x, mask=None, c=None, cache=None, pos=None, group=None):
-        """cache: a list of one KVCache per block (sampling); x then holds the tokens after the cached
-        ones. pos (T,): the positions of x, by default those after the cached ones."""
+        """cache: a list of one KVCache per block (sampling); x then holds the tokens after the
+        cached ones. pos (T,): the positions of x, by default those after the cached ones."""
         if pos is None:
             start = len(cache[0]) if cache else 0
             pos = torch.arange(start, start + x.size(1), device=x.device)
@@ -157,7 +161,7 @@ class VAEConfig:
     n_dec_layer: int = 2
     latent_channels: int = 16   # C: one latent vector of C channels per token
     repa_dim: int = 0           # width of the REPA teacher (0: no REPA projection)
-    causal_encoder: bool = False  # a token's latent reads only the tokens up to it (the block DiT's)
+    causal_encoder: bool = False  # a token's latent reads only the tokens up to it (block DiT)
     bias: bool = False
     dropout: float = 0.0
 
@@ -167,23 +171,25 @@ class TextVAE(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.encoder = Transformer(config.n_enc_layer, config.n_embd, config.n_head, config.causal_encoder,
-                                   bias=config.bias, dropout=config.dropout)
+        self.encoder = Transformer(config.n_enc_layer, config.n_embd, config.n_head,
+                                   config.causal_encoder, bias=config.bias, dropout=config.dropout)
         self.to_moments = nn.Linear(config.n_embd, 2 * config.latent_channels)  # -> mu, logvar
         self.from_latent = nn.Linear(config.latent_channels, config.n_embd)
-        self.decoder = Transformer(config.n_dec_layer, config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
+        self.decoder = Transformer(config.n_dec_layer, config.n_embd, config.n_head,
+                                   bias=config.bias, dropout=config.dropout)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # REPA: a linear projection into the teacher's width (the paper's choice); used in training only
+        # REPA: a linear map into the teacher's width (the paper's choice); used in training only
         self.repa_proj = nn.Linear(config.n_embd, config.repa_dim) if config.repa_dim > 0 else None
         self.apply(init_weights)
         scale_residual_init(self, config.n_enc_layer + config.n_dec_layer)
 
     def encode(self, idx, mask=None):
-        """idx (B, T) -> mu, logvar (B, T, C) and the encoder's output features h (B, T, D) for REPA."""
+        """idx (B, T) -> mu, logvar (B, T, C) and the encoder's output h (B, T, D) for REPA."""
         h = self.encoder(self.wte(idx), mask)
         mu, logvar = self.to_moments(h).float().chunk(2, dim=-1)
-        if mask is not None:  # zeros at padding (a row with no real token at all would otherwise be NaN)
-            mu, logvar = mu.masked_fill(~mask[..., None], 0.0), logvar.masked_fill(~mask[..., None], 0.0)
+        if mask is not None:  # zeros at padding (a row with no real token would otherwise be NaN)
+            pad = ~mask[..., None]
+            mu, logvar = mu.masked_fill(pad, 0.0), logvar.masked_fill(pad, 0.0)
         return mu, logvar.clamp(-30.0, 20.0), h
 
     def decode(self, z, mask=None, last=0):
@@ -192,19 +198,20 @@ class TextVAE(nn.Module):
         return self.lm_head(h[:, -last:] if last else h)
 
     def forward(self, idx, mask=None, sample=True, noise_std=0.0):
-        """-> logits (B, T, vocab), mu, logvar (B, T, C), and the REPA prediction (B, T, teacher width) or None"""
+        """-> logits (B, T, vocab), mu, logvar (B, T, C), REPA's prediction (B, T, width) or None"""
         mu, logvar, h = self.encode(idx, mask)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
-        if noise_std > 0:  # teach the decoder to read imprecise latents, as a DiT's samples are: see add_decoder_noise
+        if noise_std > 0:  # the decoder learns to read imprecise latents, as a DiT's samples are
             z = add_decoder_noise(z, mu, mask, noise_std)
         repa = self.repa_proj(h) if self.repa_proj is not None else None
         return self.decode(z, mask), mu, logvar, repa
 
 def add_decoder_noise(z, mu, mask, noise_std):
-    """z plus Gaussian noise of a level drawn per sequence in [0, noise_std] times each channel's spread of mu
-    in the batch. Relative to the spread (with its gradient), so the encoder cannot beat the noise by growing
-    its latents; a random level, so the decoder reads exact latents as well as imprecise ones. The decoder
-    learns to fall back on the neighbouring latents and on what is frequent, as a denoiser does."""
+    """z plus Gaussian noise of a level drawn per sequence in [0, noise_std] times each channel's
+    spread of mu in the batch. Relative to the spread (with its gradient), so the encoder cannot
+    beat the noise by growing its latents; a random level, so the decoder reads exact latents as
+    well as imprecise ones. The decoder learns to fall back on the neighbouring latents and on
+    what is frequent, as a denoiser does."""
     m = torch.ones_like(mu[..., :1]) if mask is None else mask[..., None].to(mu.dtype)
     mean = (mu * m).sum((0, 1)) / m.sum()
     spread = (((mu - mean) ** 2 * m).sum((0, 1)) / m.sum()).sqrt()  # (C,)
@@ -218,13 +225,14 @@ def gaussian_kl(mu, logvar):
 # -----------------------------------------------------------------------------
 # TextDiT and its flow
 #
-# The flow runs from noise at t = 0 to data at t = 1: x_t = t * x1 + (1 - t) * x0 with x0 ~ N(0, I), and the
-# DiT predicts its velocity dx_t/dt = x1 - x0 (rectified flow). Training and sampling share one time
-# distribution: training draws t from it, the sampler steps through its quantiles.
+# The flow runs from noise at t = 0 to data at t = 1: x_t = t * x1 + (1 - t) * x0 with x0 ~ N(0, I),
+# and the DiT predicts its velocity dx_t/dt = x1 - x0 (rectified flow). Training and sampling share
+# one time distribution: training draws t from it, the sampler steps through its quantiles.
 
 def flow_time(q, schedule='logit_normal', mean=0.0, std=1.5):
-    """The time distribution by its quantile function: q in [0, 1] -> t in [0, 1]. logit_normal (SD3, the
-    paper's std 1.5): t = sigmoid(mean + std * z), z ~ N(0, 1), most steps at mid t; uniform: t = q."""
+    """The time distribution by its quantile function: q in [0, 1] -> t in [0, 1]. logit_normal
+    (SD3, the paper's std 1.5): t = sigmoid(mean + std * z), z ~ N(0, 1), most steps at mid t;
+    uniform: t = q."""
     if schedule == 'uniform':
         return q
     return torch.sigmoid(mean + std * torch.special.ndtri(q))
@@ -236,15 +244,16 @@ class DiTConfig:
     n_embd: int = 256
     n_head: int = 4
     n_layer: int = 6
-    vocab_size: int = 0  # 0: a velocity head (the paper); > 0: a token head (score interpolation, see TextDiT)
+    vocab_size: int = 0  # 0: a velocity head (the paper); > 0: a token head (see TextDiT)
     block_len: int = 0   # 0: the paper's [context ; target]; > 0: block-causal (see block_layout)
     bias: bool = False
     dropout: float = 0.0
 
 def timestep_embedding(t, dim, max_period=10000.0):
-    """Sinusoidal embedding of t in [0, 1] (scaled by 1000, as DiT does with its integer steps). (B,) -> (B, dim)"""
+    """Sinusoidal embedding of t in [0, 1], scaled by 1000 as DiT's steps: (B,) -> (B, dim)"""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    k = torch.arange(half, device=t.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(max_period) * k / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -253,10 +262,11 @@ class TextDiT(nn.Module):
     Time enters through adaLN-Zero; a learned marker tells context positions from target positions.
     Two output heads, one velocity either way (the sampler does not know which):
       velocity (vocab_size=0, the paper): a linear map regresses v = x1 - x0 with MSE.
-      tokens (vocab_size>0, CDCD's score interpolation): logits over the vocabulary at every position; the
-        clean-target estimate is their softmax's expectation over per-token latents, x1 = p @ E, and
-        v = (x1 - x_t) / (1 - t). Trained with cross-entropy on the target tokens: a strong, discrete signal
-        where a latent MSE barely tells a likely next token from an unlikely one."""
+      tokens (vocab_size>0, CDCD's score interpolation): logits over the vocabulary at every
+        position; the clean-target estimate is their softmax's expectation over per-token latents,
+        x1 = p @ E, and v = (x1 - x_t) / (1 - t). Trained with cross-entropy on the target tokens: a
+        strong, discrete signal where a latent MSE barely tells a likely next token from an
+        unlikely one."""
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -265,11 +275,13 @@ class TextDiT(nn.Module):
         self.in_proj = nn.Linear(config.latent_channels, d)
         self.segment = nn.Embedding(2, d)  # 0: context, 1: target
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
-        self.body = Transformer(config.n_layer, d, config.n_head, adaln=True, bias=config.bias, dropout=config.dropout)
+        self.body = Transformer(config.n_layer, d, config.n_head, adaln=True, bias=config.bias,
+                                dropout=config.dropout)
         self.final_adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out_proj = nn.Linear(d, config.vocab_size or config.latent_channels)
         # E: the mean normalised latent of each token (set by dit_train.py, saved with the weights)
-        self.register_buffer('token_latents', torch.zeros(config.vocab_size, config.latent_channels) if config.vocab_size else None)
+        E = torch.zeros(config.vocab_size, config.latent_channels) if config.vocab_size else None
+        self.register_buffer('token_latents', E)
         self.apply(init_weights)
         scale_residual_init(self, config.n_layer)
         # adaLN-Zero: every gate and the output start at zero, so a new DiT predicts zero velocity
@@ -280,72 +292,79 @@ class TextDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, is_target, mask=None, return_logits=False, pos=None, group=None, cache=None):
-        """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask (B, T) bool
-        for real positions -> velocity (B, T, C); only the target positions' output is meaningful.
-        The block-causal layout (block_layout) passes t (B, G), one time per group of positions, with
+    def forward(self, x, t, is_target, mask=None, return_logits=False, pos=None, group=None,
+                cache=None, head_at=None):
+        """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask
+        (B, T) bool for real positions -> velocity (B, T, C), meaningful at the targets only.
+        The block-causal layout (block_layout) passes t (B, G), one time per group of positions,
         group (T,) naming each position's, its positions pos (T,) and its attention mask (B, T, T);
         with a KV cache, x holds only the positions after the cached ones.
         return_logits (token head): instead, the logits of the target positions, (number of targets,
-        vocab) in the order of x[is_target] (what training and guidance read; no softmax is computed)."""
+        vocab) in the order of x[is_target] (what training and guidance read; no softmax), or
+        of the positions head_at (B, T) where given."""
         t = t[:, None] if t.dim() == 1 else t  # (B, G)
-        h = self.in_proj(x.to(self.in_proj.weight.dtype)) + self.segment(is_target.long())  # (B, T, D)
+        h = self.in_proj(x.to(self.in_proj.weight.dtype))  # (B, T, D)
+        h = h + self.segment(is_target.long())
         c = self.t_embed(timestep_embedding(t.flatten(), 256)).view(*t.shape, -1)  # (B, G, D)
         h = self.body(h, mask, c, cache, pos, group)
         mods = self.final_adaln(c) if group is None else self.final_adaln(c)[:, group]
         shift, scale = mods.expand(*h.shape[:2], -1).chunk(2, dim=-1)
         if not self.config.vocab_size:
             return self.out_proj(modulate(h, shift, scale))
-        # the vocabulary-wide head only where it is read, at the target positions: it costs more than the body
-        logits = self.out_proj(modulate(h[is_target], shift[is_target], scale[is_target]))
+        # the vocabulary-wide head only where it is read, at the target positions (it is costly)
+        at = is_target if head_at is None else head_at
+        logits = self.out_proj(modulate(h[at], shift[at], scale[at]))
         if return_logits:
             return logits
         return self.velocity_from_logits(logits, x, t if group is None else t[:, group], is_target)
 
     def velocity_from_logits(self, logits, x, t, is_target):
-        """Token head: x1 = softmax(logits) @ E at the target positions (the others' x1 is left at 0), the
-        expected clean latent, and v = (x1 - x_t) / (1 - t), t (B, 1) or (B, T). The softmax and its
-        expectation run in the logits' dtype: in bf16, 5x faster on a CPU than in float32, and x1 moves by
-        ~1e-3 of its scale."""
+        """Token head: x1 = softmax(logits) @ E at the target positions (the others' x1 is left at
+        0), the expected clean latent, and v = (x1 - x_t) / (1 - t), t (B, 1) or (B, T). The softmax
+        and its expectation run in the logits' dtype: in bf16, 5x faster on a CPU than in float32,
+        and x1 moves by ~1e-3 of its scale."""
         x1 = x.new_zeros(x.shape, dtype=torch.float32)
         x1[is_target] = (logits.softmax(-1) @ self.token_latents.to(logits.dtype)).float()
         return (x1 - x.float()) / (1 - t.float()[..., None]).clamp(min=1e-3)
 
     def forward_with_cfg(self, x, t, is_target, mask, cfg_scale, **layout):
-        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null context]
-        -> the guided velocity null + cfg_scale * (conditional - null) of the conditional half. The velocity
-        head guides the velocity; the token head guides its logits (as an autoregressive LM would), so the
-        clean estimate stays a mixture of token latents. layout: the block-causal layout's pos, group, cache."""
+        """Classifier-free guidance in one forward (as DiT does): the batch is [conditional ; null
+        context] -> the guided velocity null + cfg_scale * (conditional - null) of the conditional
+        half. The velocity head guides the velocity; the token head guides its logits (as an AR LM
+        would), so the clean estimate stays a mixture of token latents. layout: pos, group,
+        cache."""
         half = x.size(0) // 2
         if not self.config.vocab_size:
             v_ctx, v_null = self(x, t, is_target, mask, **layout).chunk(2)
-            return torch.lerp(v_null, v_ctx, cfg_scale)  # null + cfg_scale * (ctx - null), in one pass
+            return torch.lerp(v_null, v_ctx, cfg_scale)  # null + cfg_scale * (ctx - null)
         # both halves have the same targets
         l_ctx, l_null = self(x, t, is_target, mask, return_logits=True, **layout).chunk(2)
         t = t[:half, None] if t.dim() == 1 else t[:half]
         t = t if layout.get('group') is None else t[:, layout['group']]
-        return self.velocity_from_logits(torch.lerp(l_null, l_ctx, cfg_scale), x[:half], t, is_target[:half])
+        logits = torch.lerp(l_null, l_ctx, cfg_scale)
+        return self.velocity_from_logits(logits, x[:half], t, is_target[:half])
 
 def block_layout(T, block_len, offset=0, device='cpu'):
-    """The block-causal DiT's layout of a window of T latents cut into diffusion blocks of block_len
-    (the first one block_len - offset long): the sequence is [T clean latents ; the same T noised], and
-    every noisy block is denoised from the clean latents before it, all blocks in one forward. A clean
-    latent sees the clean ones up to it (causal: at sampling they are the text written so far); a noisy
-    block sees itself (both ways) and the clean latents before it. -> pos (2T,) (the two streams share
-    positions), is_noisy (2T,), group (2T,) (0: clean, 1 + b: noisy block b) and the mask (2T, 2T)."""
+    """The block-causal DiT's layout of a window of T latents cut into diffusion blocks of
+    block_len (the first one block_len - offset long): the sequence is [T clean latents ; the same T
+    noised], and every noisy block is denoised from the clean latents before it, all blocks in one
+    forward. A clean latent sees the clean ones up to it (causal: at sampling they are the text
+    written so far); a noisy block sees itself (both ways) and the clean latents before it.
+    -> pos (2T,) (the two streams share positions), is_noisy (2T,), group (2T,) (0: clean,
+    1 + b: noisy block b) and the attention mask (2T, 2T)."""
     i = torch.arange(T, device=device)
     blk = (i + offset) // block_len  # 0, 1, ...
     no = torch.zeros(T, T, dtype=torch.bool, device=device)
     mask = torch.cat([torch.cat([i[None, :] <= i[:, None], no], 1),  # clean rows
                       torch.cat([blk[None, :] < blk[:, None], blk[None, :] == blk[:, None]], 1)])
-    is_noisy = torch.cat([torch.zeros_like(i, dtype=torch.bool), torch.ones_like(i, dtype=torch.bool)])
+    is_noisy = torch.arange(2 * T, device=device) >= T
     return torch.cat([i, i]), is_noisy, torch.cat([torch.zeros_like(blk), 1 + blk]), mask
 
 @torch.no_grad()
 def token_latent_means(encode, batches, vocab_size):
-    """E (vocab, C): each token's mean latent, 0 for a token never seen, and the tokens' counts (vocab,), over
-    batches of (token ids (B, T), lengths (B,)) encoded by encode(idx, lens) -> latents (B, T, C). The token
-    head's probabilities are averaged over E."""
+    """E (vocab, C): each token's mean latent, 0 for a token never seen, and the tokens' counts
+    (vocab,), over batches of (token ids (B, T), lengths (B,)) encoded by encode(idx, lens) ->
+    latents (B, T, C). The token head's probabilities are averaged over E."""
     sums = counts = None
     for idx, lens in batches:
         mask = lengths_to_mask(lens, idx.size(1))
@@ -358,7 +377,8 @@ def token_latent_means(encode, batches, vocab_size):
 
 def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
     """Lay out each row as [its context ; its target ; padding].
-    ctx (B, Tc, C) with ctx_lens (B,), tgt (B, Tt, C) with tgt_lens (B,) -> x (B, T, C), is_target, mask (B, T)."""
+    ctx (B, Tc, C) with ctx_lens (B,), tgt (B, Tt, C) with tgt_lens (B,)
+    -> x (B, T, C), is_target, mask (B, T)."""
     B, T = tgt.size(0), int((ctx_lens + tgt_lens).max())
     if ctx.size(1) == 0:  # no row has a context
         ctx = tgt.new_zeros(B, 1, tgt.size(2))
@@ -367,13 +387,15 @@ def pack_segments(ctx, ctx_lens, tgt, tgt_lens):
     is_target = mask & (pos >= ctx_lens[:, None])
     from_ctx = take_segment(ctx, torch.zeros_like(ctx_lens), T)
     from_tgt = take_segment(tgt, -ctx_lens, T)
-    x = torch.where(is_target[..., None], from_tgt, torch.where((pos < ctx_lens[:, None])[..., None], from_ctx, 0.0))
+    is_ctx = (pos < ctx_lens[:, None])[..., None]
+    x = torch.where(is_target[..., None], from_tgt, torch.where(is_ctx, from_ctx, 0.0))
     return x, is_target, mask
 
 @torch.no_grad()
 def encode_segments(vae, idx, lens, ctx_lens):
-    """Split each window idx[b, :lens[b]] at ctx_lens[b] and encode the two parts SEPARATELY, so that no
-    target token can reach a context latent -> context mu (B, Tc, C), target mu (B, Tt, C), target lengths."""
+    """Split each window idx[b, :lens[b]] at ctx_lens[b] and encode the two parts SEPARATELY, so
+    that no target token can reach a context latent -> context mu (B, Tc, C), target mu (B, Tt, C),
+    target lengths."""
     tgt_lens = lens - ctx_lens
     tgt_idx = take_segment(idx, ctx_lens, int(tgt_lens.max()))
     ctx_idx = idx[:, :max(1, int(ctx_lens.max()))]
@@ -382,7 +404,7 @@ def encode_segments(vae, idx, lens, ctx_lens):
     return zc, zt, tgt_lens
 
 def take_segment(x, start, length):
-    """Row b of the result is x[b, start[b] : start[b] + length] (indices clamped into range; the caller
+    """Row b of the result is x[b, start[b] : start[b] + length] (indices clamped into range; the
     masks what lies outside a row's segment). x (B, T, ...) -> (B, length, ...)"""
     idx = (start[:, None] + torch.arange(length, device=x.device)[None, :]).clamp(0, x.size(1) - 1)
     if x.dim() == 2:
@@ -403,8 +425,8 @@ class GPTConfig:
     dropout: float = 0.0
 
 class KVCache:
-    """One attention layer's keys and values of the tokens seen so far, for sampling a token (the GPT) or
-    a block (the block-causal DiT) at a time."""
+    """One attention layer's keys and values of the tokens seen so far, for sampling a token (the
+    GPT) or a block (the block-causal DiT) at a time."""
 
     def __init__(self, k=None, v=None, keep=True):
         self.k, self.v, self.keep = k, v, keep
@@ -413,7 +435,7 @@ class KVCache:
         return 0 if self.k is None else self.k.size(2)
 
     def update(self, k, v):
-        """Append the new keys/values (B, nh, T, hd) (unless this is a frozen view); returns all of them."""
+        """Append the new keys/values (B, nh, T, hd) (unless a frozen view); returns all of them."""
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
         if self.keep:
@@ -421,8 +443,8 @@ class KVCache:
         return k, v
 
     def frozen(self, rows=None):
-        """A view of the first `rows` rows that reads these keys but keeps nothing new: a DiT's noisy
-        block, denoised step by step."""
+        """A view of the first `rows` rows that reads these keys but keeps nothing new: a DiT's
+        noisy block, denoised step by step."""
         if self.k is None:
             return KVCache(keep=False)
         return KVCache(self.k[:rows], self.v[:rows], keep=False)
@@ -434,37 +456,44 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.body = Transformer(config.n_layer, config.n_embd, config.n_head, causal=True, bias=config.bias, dropout=config.dropout)
+        self.body = Transformer(config.n_layer, config.n_embd, config.n_head, causal=True,
+                                bias=config.bias, dropout=config.dropout)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.apply(init_weights)
         scale_residual_init(self, config.n_layer)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) -> logits (B, T, vocab), and with targets (B, T) the mean next-token cross-entropy
+        """idx (B, T) -> logits (B, T, vocab), and with targets (B, T) the mean next-token loss
         over the positions whose target is not -1 (padding), else None."""
         logits = self.lm_head(self.body(self.wte(idx)))
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
-        """Continue the prompts idx (B, T), all of one length T >= 1, by max_new_tokens -> (B, T + max_new_tokens).
-        Keys and values are cached: the prompt is read once, then each step feeds only the newest token."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
+                 generator=None):
+        """Continue the prompts idx (B, T), all of one length T >= 1, by max_new_tokens
+        -> (B, T + max_new_tokens). Keys and values are cached: the prompt is read once, then each
+        step feeds only the newest token."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceed block_size {self.config.block_size}")
+            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceed "
+                             f"block_size {self.config.block_size}")
         cache = [KVCache() for _ in self.body.blocks]
         x = idx
         for _ in range(max_new_tokens):
-            logits = self.lm_head(self.body(self.wte(x), cache=cache)[:, -1])  # the head on the last position only
+            # the head on the last position only
+            logits = self.lm_head(self.body(self.wte(x), cache=cache)[:, -1])
             x = next_token(logits.float(), temperature, top_k, top_p, greedy, generator)  # (B, 1)
             idx = torch.cat([idx, x], dim=1)
         return idx
 
 def next_token(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
-    """Draw one token per row from logits (B, vocab): argmax if greedy, else softmax(logits / temperature)
-    restricted to the top_k most likely tokens and to the nucleus (the fewest whose mass reaches top_p)."""
+    """Draw one token per row from logits (B, vocab): argmax if greedy, else softmax(logits /
+    temperature) restricted to the top_k most likely tokens and to the nucleus (the fewest whose
+    mass reaches top_p)."""
     if greedy:
         return logits.argmax(-1, keepdim=True)
     logits = logits / temperature
@@ -473,7 +502,8 @@ def next_token(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, ge
         logits = logits.masked_fill(logits < kth, float('-inf'))
     if top_p is not None:
         probs, order = logits.softmax(-1).sort(-1, descending=True)
-        drop = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p (never the first)
+        # the mass before this token already reaches top_p (never the first)
+        drop = probs.cumsum(-1) - probs >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
@@ -485,14 +515,18 @@ def num_params(model, non_embedding=True):
     counts: 223M of each VAE are embedding + head)."""
     n = sum(p.numel() for p in model.parameters())
     if non_embedding:  # a set: the GPT's tied embedding and head are one matrix, counted once
-        n -= sum(w.numel() for w in {getattr(model, name).weight for name in ('wte', 'lm_head') if hasattr(model, name)})
+        names = [name for name in ('wte', 'lm_head') if hasattr(model, name)]
+        tables = {getattr(model, name).weight for name in names}
+        n -= sum(w.numel() for w in tables)
     return n
 
 def flops_per_token(model, T, n_layer, n_embd):
-    """Training FLOPs per token: 6 per weight (forward + backward) plus attention's scores (PaLM, appendix B)."""
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention's scores (PaLM,
+    appendix B)."""
     return 6 * num_params(model, non_embedding=False) + 12 * n_layer * n_embd * T
 
-PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L40S': 362.0, 'A10G': 125.0, 'L4': 121.0}
+PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L40S': 362.0, 'A10G': 125.0,
+               'L4': 121.0}
 
 def peak_flops(device_type, override_tflops=0.0):
     """The device's dense bf16 peak in FLOP/s, or None where unknown (CPU: pass it in by config)."""

@@ -1,6 +1,7 @@
 """
-Sample continuations from a trained TextLDM: encode the prompt, integrate the flow ODE from noise to latents with
-classifier-free guidance (10 second-order steps on the training's logit-normal time grid), decode.
+Sample continuations from a trained TextLDM: encode the prompt, integrate the flow ODE from noise to
+latents with classifier-free guidance (10 second-order steps on the training's logit-normal time
+grid), decode. The block-causal DiT writes block after block, each from the text before it.
 
     python sample.py --prompt "The river flows" --length 48 --cfg 4 --num_samples 3
     python sample.py --solver=euler --steps=50 --cfg_until=1   # the paper's sampler
@@ -12,38 +13,45 @@ import torch
 
 from checkpoint import fingerprint, load_checkpoint, load_vae, unwrap_state_dict
 from data import get_tokenizer, load_meta, tokenizer_sha256
-from model import (TextDiT, DiTConfig, KVCache, causal_mask, flow_time, lengths_to_mask, pack_segments,
-                   take_segment)
+from model import (TextDiT, DiTConfig, KVCache, causal_mask, flow_time, lengths_to_mask,
+                   pack_segments, take_segment)
 
-CFG = 2.0  # guidance of the default DiT (token head), by quality on the curve; the velocity head: 8, cfg_until 1
-# 10 second-order steps, guided while t < 0.6: 96.6% of the tokens of a 200-step solution (the paper's 50 Euler
-# steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead of 100 (bench/results/fidelity.md)
+# guidance of the default DiT (token head), by quality on the curve; velocity head: 8, cfg_until 1
+CFG = 2.0
+# 10 second-order steps, guided while t < 0.6: 96.6% of the tokens of a 200-step solution (the
+# paper's 50 Euler steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead
+# of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
 
 def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
-    """Integrate dx/dt = velocity(x, t, guided) from x ~ N(0, I) at t = 0 to data at t = 1, at evenly
-    spaced quantiles of the training's time distribution (CDCD: step where training put its effort);
-    guided while t < cfg_until. Each step moves x to t' along its clean estimate x1 = x + (1 - t) v:
-    x' = x + (t' - t) / (1 - t) (x1 - x), Euler's step; solver='dpm2m' (DPM-Solver++(2M)) extrapolates
-    x1 from the last step, linearly in log SNR: second order at one forward a step."""
-    ts = flow_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), schedule, mean, std).tolist()
-    lam = [math.log(t / (1 - t)) if 0 < t < 1 else None for t in ts]  # log SNR, None at the two ends
+    """Integrate dx/dt = velocity(x, t, guided) from x ~ N(0, I) at t = 0 to data at t = 1, at
+    evenly spaced quantiles of the training's time distribution (CDCD: step where training put its
+    effort); guided while t < cfg_until. Each step moves x to t' along its clean estimate
+    x1 = x + (1 - t) v: x' = x + (t' - t) / (1 - t) (x1 - x), Euler's step; solver='dpm2m'
+    (DPM-Solver++(2M)) extrapolates x1 from the last step, linearly in log SNR: second order at one
+    forward a step."""
+    q = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    ts = flow_time(q, schedule, mean, std).tolist()
+    lam = [math.log(t / (1 - t)) if 0 < t < 1 else None for t in ts]  # log SNR, None at the ends
     last = None  # the previous step's (x1, guided)
     for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         guided = cfg != 1.0 and t < cfg_until
         x1 = x + (1 - t) * velocity(x, t, guided).double()  # the conditional half's when guided
-        x1_step = x1  # second order inside (0, 1), unless the guidance just switched off (x1 jumps there)
-        if solver == 'dpm2m' and last and last[1] == guided and None not in (lam[k - 1], lam[k + 1]):
+        # second order inside (0, 1), unless the guidance just switched off (x1 jumps there)
+        x1_step = x1
+        inside = None not in (lam[k - 1], lam[k + 1])
+        if solver == 'dpm2m' and last and last[1] == guided and inside:
             x1_step = x1 + (x1 - last[0]) * (lam[k + 1] - lam[k]) / (2 * (lam[k] - lam[k - 1]))
-        x, last = x + (t_next - t) / (1 - t) * (x1_step - x), (x1, guided)  # float64, as REPA's sampler
+        # in float64, as REPA's sampler
+        x, last = x + (t_next - t) / (1 - t) * (x1_step - x), (x1, guided)
     return x.float()
 
 @torch.no_grad()
-def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule='logit_normal', mean=0.0,
-                   std=1.5, generator=None, solver=SOLVER, cfg_until=CFG_UNTIL):
-    """The paper's layout: the whole target at once after its context. ctx (B, Tc, C) normalised context
-    latents (Tc may be 0), ctx_lens/tgt_lens (B,) -> target latents (B, Tt, C). A guided step is one
-    forward of 2B rows [conditional ; null], null = zero context; the others, of B rows."""
+def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule='logit_normal',
+                   mean=0.0, std=1.5, generator=None, solver=SOLVER, cfg_until=CFG_UNTIL):
+    """The paper's layout: the whole target at once after its context. ctx (B, Tc, C) normalised
+    context latents (Tc may be 0), ctx_lens/tgt_lens (B,) -> target latents (B, Tt, C). A guided
+    step is one forward of 2B rows [conditional ; null], null = zero context; the others, of B."""
     B, Tt, C = ctx.size(0), int(tgt_lens.max()), dit.config.latent_channels
     pair = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)
 
@@ -58,41 +66,46 @@ def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule=
 
     x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
     has_ctx = bool((ctx_lens > 0).any())  # else there is nothing to guide by
-    return integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until if has_ctx else 0)
+    cfg_until = cfg_until if has_ctx else 0
+    return integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until)
 
 @torch.no_grad()
 def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_until):
-    """The block-causal layout: block after block, each integrated from noise as a whole target is, its
-    DiT reading the clean latents before it through a KV cache; then decoded, and its tokens encoded
-    again as the clean latents the next block reads (as training made them). idx (B, P) right-padded
-    prompts of lengths lens (B,) -> the new tokens (B, length). Guidance: null = zero clean latents."""
+    """The block-causal layout: block after block, each integrated from noise as a whole target
+    is, the DiT reading the clean latents before it through a KV cache; then decoded, and its tokens
+    encoded again as the clean latents the next block reads (as training made them). idx (B, P)
+    right-padded prompts of lengths lens (B,) -> the new tokens (B, length). Guidance: null = zero
+    clean latents."""
     dit, n, (B, P) = ldm.dit, ldm.dit.config.block_len, idx.shape
     rows = 2 * B if cfg != 1.0 else B  # [conditional ; null]
     # left-padded, so that every row's text ends where the next block starts
     seq, real = take_segment(idx, lens - P, P), lengths_to_mask(lens, P).flip(1)
     cache, z = [KVCache() for _ in dit.body.blocks], seq.new_zeros(B, 0, dit.config.latent_channels)
     while seq.size(1) - P < length:
-        # the clean latents of the newest tokens (causal: the earlier ones stay), into the cache at t = 1
+        # the clean latents of the newest tokens (causal: the earlier ones stay), cached at t = 1
         L, new, n_real = seq.size(1), seq.size(1) - z.size(1), real.sum(1)
         z_all = ldm.encode(take_segment(seq, L - n_real, L), n_real)  # right-padded for the encoder
         z = torch.cat([z, take_segment(z_all, n_real - L, L)[:, L - new:]], 1)
-        own = torch.arange(L) == torch.arange(L - new, L)[:, None]  # a padding query sees itself, not nothing
-        sees = ((real[:, None, :] | own.to(real.device)) & causal_mask(new, L, real.device))
+        # a padding query sees itself: with nothing to see, it would be NaN
+        own = (torch.arange(L) == torch.arange(L - new, L)[:, None]).to(real.device)
+        sees = (real[:, None, :] | own) & causal_mask(new, L, real.device)
         x = torch.cat([z[:, L - new:], torch.zeros_like(z[:, L - new:])])[:rows]
-        dit(x, x.new_ones(rows), torch.zeros_like(x[..., 0], dtype=torch.bool), sees.repeat(rows // B, 1, 1),
-            cache=cache)
+        clean = torch.zeros_like(x[..., 0], dtype=torch.bool)
+        dit(x, x.new_ones(rows), clean, sees.repeat(rows // B, 1, 1), cache=cache)
         # the next block: it sees the real clean latents and itself
         sees = torch.cat([real, real.new_ones(B, n)], 1)[:, None, :]
 
         def velocity(x, t, guided):
             m = 2 if guided else 1
             x, t = torch.cat([x] * m).float(), x.new_full((m * B,), t, dtype=torch.float32)
-            is_target, view = torch.ones_like(x[..., 0], dtype=torch.bool), [c.frozen(m * B) for c in cache]
+            is_target = torch.ones_like(x[..., 0], dtype=torch.bool)
+            view = [c.frozen(m * B) for c in cache]
             if guided:
                 return dit.forward_with_cfg(x, t, is_target, sees.repeat(2, 1, 1), cfg, cache=view)
             return dit(x, t, is_target, sees, cache=view)
 
-        x = torch.randn(B, n, z.size(2), generator=generator, device=seq.device, dtype=torch.float64)
+        x = torch.randn(B, n, z.size(2), generator=generator, device=seq.device,
+                        dtype=torch.float64)
         x = integrate(velocity, x, steps, cfg, **ldm.times, solver=solver, cfg_until=cfg_until)
         real = sees[:, 0]
         logits = ldm.vae.decode(torch.cat([z, x], 1) * ldm.std + ldm.mean, real, last=n)
@@ -100,35 +113,43 @@ def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_unt
     return seq[:, P:P + length]
 
 @torch.no_grad()
-def generate(ldm, prompts, length, steps=STEPS, cfg=CFG, seed=0, solver=SOLVER, cfg_until=CFG_UNTIL):
-    """Continue each prompt (a string; '' for an unconditional passage) by `length` tokens (an int, or one
-    per prompt) -> list of strings. A prompt longer than the model's context keeps its end (with a warning)."""
+def generate(ldm, prompts, length, steps=STEPS, cfg=CFG, seed=0, solver=SOLVER,
+             cfg_until=CFG_UNTIL):
+    """Continue each prompt (a string; '' for an unconditional passage) by `length` tokens (an int,
+    or one per prompt) -> list of strings. A prompt longer than the model's context keeps its end
+    (with a warning)."""
     lengths = [length] * len(prompts) if isinstance(length, int) else list(length)
     if not all(1 <= n <= ldm.longest for n in lengths):
-        raise SystemExit(f"error: --length must be between 1 and {ldm.longest} tokens for this model, got {length}")
+        raise SystemExit(f"error: --length must be between 1 and {ldm.longest} tokens for this "
+                         f"model, got {length}")
     ids = [ldm.enc.encode_ordinary(p) for p in prompts]
     room = [min(ldm.dit.config.block_size - n, ldm.vae.config.block_size) for n in lengths]
     if any(len(i) > r for i, r in zip(ids, room)):
-        print("warning: a prompt is longer than the context this model has beside the new tokens: keeping its end"
-              + (" (none of it: the new tokens fill the context)" if any(r == 0 < len(i) for i, r in zip(ids, room)) else ""))
+        none_left = any(r == 0 < len(i) for i, r in zip(ids, room))
+        print("warning: a prompt is longer than the context this model has beside the new tokens: "
+              "keeping its end"
+              + (" (none of it: the new tokens fill the context)" if none_left else ""))
         ids = [i[len(i) - r:] if len(i) > r else i for i, r in zip(ids, room)]
-    ctx_lens, tgt_lens = torch.tensor([len(i) for i in ids], device=ldm.device), torch.tensor(lengths, device=ldm.device)
-    idx = torch.tensor([i + [0] * (max(1, *map(len, ids)) - len(i)) for i in ids], device=ldm.device)  # right-padded
+    ctx_lens = torch.tensor([len(i) for i in ids], device=ldm.device)
+    tgt_lens = torch.tensor(lengths, device=ldm.device)
+    width = max(1, *map(len, ids))
+    idx = torch.tensor([i + [0] * (width - len(i)) for i in ids], device=ldm.device)  # right-padded
     gen = torch.Generator(device=ldm.device).manual_seed(seed)
     if ldm.dit.config.block_len:
         with ldm.autocast():
-            tokens = sample_blocks(ldm, idx, ctx_lens, max(lengths), steps, cfg, gen, solver, cfg_until)
+            tokens = sample_blocks(ldm, idx, ctx_lens, max(lengths), steps, cfg, gen, solver,
+                                   cfg_until)
         return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
     ctx = ldm.encode(idx, ctx_lens)  # the prompt is encoded on its own, as in training
     with ldm.autocast():
         z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, **ldm.times, generator=gen,
                            solver=solver, cfg_until=cfg_until)
-        tokens = ldm.decode(z, tgt_lens)  # in bf16 too: its vocabulary head costs what the GPT's does
+        tokens = ldm.decode(z, tgt_lens)  # in bf16 too: its vocabulary head costs as the GPT's
     return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
 
 class LDM:
-    """A trained TextLDM: tokenizer, frozen VAE, DiT (EMA weights when present) and the latent statistics
-    and time distribution the DiT was trained with."""
+    """A trained TextLDM: tokenizer, frozen VAE, DiT (EMA weights when present) and the latent
+    statistics and time distribution the DiT was trained with."""
 
     def __init__(self, dit_dir, vae_ckpt=None, device='cpu'):
         ckpt = load_checkpoint(os.path.join(dit_dir, 'ckpt.pt'), 'dit')
@@ -136,20 +157,24 @@ class LDM:
         vae_ckpt = vae_ckpt or run['vae_ckpt']
         self.vae, vae_ck = load_vae(vae_ckpt, device)
         if fingerprint(self.vae.state_dict()) != ckpt['vae_fingerprint']:
-            raise SystemExit(f"error: the DiT in {dit_dir} was trained on another VAE than {vae_ckpt}: "
-                             f"pass the VAE it was trained on with --vae_ckpt")
+            raise SystemExit(f"error: the DiT in {dit_dir} was trained on another VAE than "
+                             f"{vae_ckpt}: pass the VAE it was trained on with --vae_ckpt")
         self.data_dir, meta = run['data_dir'], load_meta(run['data_dir'])
         if tokenizer_sha256(meta) != vae_ck['tokenizer_sha256']:
-            raise SystemExit(f"error: the tokenizer in {self.data_dir} is not the one the VAE was trained with")
+            raise SystemExit(f"error: the tokenizer in {self.data_dir} is not the one the VAE was "
+                             f"trained with")
         self.enc = get_tokenizer(meta, self.data_dir)
         self.dit = TextDiT(DiTConfig(**ckpt['model_args']))
         self.dit.load_state_dict(unwrap_state_dict(ckpt['ema'] or ckpt['model']))
         self.dit.to(device).eval().requires_grad_(False)
         self.mean, self.std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
-        self.times, self.device = dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std']), device
-        self.longest = min(self.dit.config.block_size, self.vae.config.block_size)  # context + new tokens
-        # bf16 as in training, where it is native (GPUs; CPUs with AVX512-BF16/AMX: there it is 2x faster too)
-        self.bf16 = run['dtype'] == 'bfloat16' and (device.startswith('cuda') or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        self.times = dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'])
+        self.device = device
+        # context + new tokens
+        self.longest = min(self.dit.config.block_size, self.vae.config.block_size)
+        # bf16 as in training, where it is native (GPUs; CPUs with AVX512-BF16/AMX: 2x faster too)
+        native = device.startswith('cuda') or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        self.bf16 = run['dtype'] == 'bfloat16' and native
 
     def autocast(self):
         return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=self.bf16)
@@ -159,8 +184,9 @@ class LDM:
         return (self.vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0] - self.mean) / self.std
 
     def decode(self, z, lens):
-        """Normalised latents (B, T, C) with lengths (B,) -> token ids (B, T), the most likely at each position."""
-        return self.vae.decode(z * self.std + self.mean, lengths_to_mask(lens, z.size(1))).argmax(-1)
+        """Normalised latents (B, T, C) with lengths (B,) -> the most likely token ids (B, T)."""
+        mask = lengths_to_mask(lens, z.size(1))
+        return self.vae.decode(z * self.std + self.mean, mask).argmax(-1)
 
 if __name__ == '__main__':
     out_dir = 'out/dit_tiny'  # the DiT's folder; its checkpoint names the VAE it was trained on
@@ -175,12 +201,16 @@ if __name__ == '__main__':
     seed = 0
     device = 'cpu'
     exec(open('configurator.py').read())  # it checks every number's range and the device
-    bad = next((i for i, c in enumerate(prompt) if 0xD800 <= ord(c) < 0xE000), None)  # undecodable bytes arrive as lone surrogates
+    # undecodable bytes arrive as lone surrogates
+    bad = next((i for i, c in enumerate(prompt) if 0xD800 <= ord(c) < 0xE000), None)
     if bad is not None:
-        raise SystemExit(f"error: --prompt is not UTF-8 text (character {bad} is {prompt[bad]!r}, an undecodable byte "
-                         f"or a lone surrogate): pass the prompt in UTF-8")
-    texts = generate(LDM(out_dir, vae_ckpt or None, device), [prompt] * num_samples, length, steps, cfg, seed, solver, cfg_until)
+        raise SystemExit(f"error: --prompt is not UTF-8 text (character {bad} is "
+                         f"{prompt[bad]!r}, an undecodable byte or a lone surrogate): pass the "
+                         f"prompt in UTF-8")
+    ldm = LDM(out_dir, vae_ckpt or None, device)
+    texts = generate(ldm, [prompt] * num_samples, length, steps, cfg, seed, solver, cfg_until)
     print(f"prompt: {prompt!r}" if prompt else "unconditional")
     for k, text in enumerate(texts):
-        print(f"--- sample {k + 1}/{num_samples} (cfg {cfg} while t < {cfg_until}, {steps} {solver} steps) ---")
+        print(f"--- sample {k + 1}/{num_samples} (cfg {cfg} while t < {cfg_until}, "
+              f"{steps} {solver} steps) ---")
         print(f"{prompt} >>> {text}" if prompt else text)

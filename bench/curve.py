@@ -109,6 +109,8 @@ def knowledge_share(dit_dir, judge_gpt, num_windows):
     from context_gain import context_gain, gpt_gain
     from sample import LDM
     ldm = LDM(dit_dir)
+    if ldm.dit.config.block_len:  # the yardstick reads the paper's layout: one context, one target
+        return None
     dit, yard = context_gain(ldm, num_windows), gpt_gain(ldm, judge_gpt, num_windows)
     out = {}
     for t in KNOWLEDGE_TS:
@@ -341,11 +343,15 @@ if __name__ == '__main__':
     res['gpt'] = dict(run=gpt_dir, points={
         s: cached(f'gpt_{gpt_dir}_{s}', lambda: score_point('gpt', d, 1.0, ctx))
         for s, d in gpt_points.items()})
+    def knowledge(run, pts):  # the yardstick's points (none for a block-causal DiT)
+        shares = {s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows))
+                  for s, d in pts.items()}
+        return {s: k for s, k in shares.items() if k}
+
     res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}': dict(run=run, points={
         s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx))
         for s, d in pts.items()},
-        knowledge={s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows))
-                   for s, d in pts.items()}) for run, cfg, pts in dit_runs}
+        knowledge=knowledge(run, pts)) for run, cfg, pts in dit_runs}
     # runs still going: score (and cache) what they have kept so far, write nothing else
     if score_only:
         for name, r in [('GPT', res['gpt'])] + list(res['dits'].items()):
