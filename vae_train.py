@@ -18,8 +18,10 @@ import torch.nn.functional as F
 
 from checkpoint import save_checkpoint, load_checkpoint
 from data import TokenData, load_meta, get_tokenizer, tokenizer_sha256
-from model import TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token, peak_flops
-from training import setup, prepare_model, get_lr, micro_batch_rng, sum_over_ranks, check_finite, Meter, write_summary
+from model import (TextVAE, VAEConfig, gaussian_kl, lengths_to_mask, masked_mean, flops_per_token,
+                   peak_flops)
+from training import (setup, prepare_model, get_lr, micro_batch_rng, sum_over_ranks, check_finite,
+                      Meter, write_summary)
 
 # -----------------------------------------------------------------------------
 # default config: the embedded dataset, sized for a 2-core CPU
@@ -31,7 +33,7 @@ eval_iters = 10
 log_interval = 10
 max_iters = 350
 # data: random truncation, window lengths uniform in [min_len, block_size]
-batch_size = 32  # per micro-step: the global batch is batch_size x gradient_accumulation_steps x GPUs
+batch_size = 32  # per micro-step; x gradient_accumulation_steps x GPUs = the global batch
 gradient_accumulation_steps = 1
 block_size = 128
 min_len = 8
@@ -41,13 +43,13 @@ n_head = 4
 n_enc_layer = 2
 n_dec_layer = 2
 latent_channels = 16
-causal_encoder = False  # latents that read no later token: the block-causal DiT needs it (dit_train.py)
+causal_encoder = False  # latents that read no later token, for the block-causal DiT (dit_train.py)
 dropout = 0.0
 # loss
 beta_kl = 1e-3           # weight of the KL, in nats per token summed over channels
-dec_noise = 0.0          # decoder-input noise, up to this many latent stds (robust decoding of DiT samples)
+dec_noise = 0.0          # decoder-input noise up to this many latent stds: DiT samples decode well
 repa_weight = 1.0        # lambda; 0 turns REPA off
-repa_teacher = 'minilm'  # 'minilm' (offline default), a local folder, or a hub id such as 'Qwen/Qwen3-1.7B'
+repa_teacher = 'minilm'  # 'minilm' (offline), a local folder, or a hub id like 'Qwen/Qwen3-1.7B'
 repa_layer = -3          # index into the teacher's hidden states: -3 is the 3rd-to-last layer
 # optimizer
 learning_rate = 2e-3
@@ -68,11 +70,13 @@ peak_tflops = 0.0  # the device's peak for MFU where it cannot be looked up (CPU
 stats_batches = 20  # training batches used for the latent mean/std stored for the DiT
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
-config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+config = {k: v for k, v in globals().items()
+          if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
 
 if not 1 <= min_len <= block_size:
-    raise SystemExit(f"error: need 1 <= min_len <= block_size, got min_len={min_len}, block_size={block_size}")
+    raise SystemExit(f"error: need 1 <= min_len <= block_size, "
+                     f"got min_len={min_len}, block_size={block_size}")
 env = setup(device, dtype, backend, seed, gradient_accumulation_steps)
 device, autocast, master = env['device'], env['autocast'], env['master']
 meta = load_meta(data_dir)
@@ -81,26 +85,33 @@ enc = get_tokenizer(meta, data_dir)
 teacher = None
 if repa_weight > 0:
     from teacher import Teacher
-    # the paper's case, Qwen3 tokens and a Qwen3 teacher, needs no alignment (the teacher verifies the claim)
+    # the paper's case (Qwen3 tokens, Qwen3 teacher) needs no alignment; the teacher checks this
     same = meta['tokenizer']['name'] == 'qwen3' and 'qwen3' in repa_teacher.lower()
-    teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same, bf16=env['dtype'] == 'bfloat16', device=device)
+    teacher = Teacher(enc, repa_teacher, repa_layer, same_tokenizer=same,
+                      bf16=env['dtype'] == 'bfloat16', device=device)
 
-model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd, n_head=n_head,
-                  n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, latent_channels=latent_channels,
-                  repa_dim=teacher.width if teacher else 0, causal_encoder=causal_encoder, dropout=dropout)
+model_args = dict(vocab_size=meta['vocab_size'], block_size=block_size, n_embd=n_embd,
+                  n_head=n_head, n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer,
+                  latent_channels=latent_channels, repa_dim=teacher.width if teacher else 0,
+                  causal_encoder=causal_encoder, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'vae')
     if ckpt['tokenizer_sha256'] != tokenizer_sha256(meta):
-        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with another tokenizer than the one in {data_dir}")
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with another tokenizer "
+                         f"than the one in {data_dir}")
     if teacher is not None and ckpt['model_args']['repa_dim'] != teacher.width:
-        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with REPA features of width {ckpt['model_args']['repa_dim']} "
-                         f"(0: REPA off), but teacher '{repa_teacher}' has {teacher.width}: resume with its teacher, or repa_weight=0")
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with REPA features of width "
+                         f"{ckpt['model_args']['repa_dim']} (0: REPA off), but teacher "
+                         f"'{repa_teacher}' has {teacher.width}: resume with its teacher, "
+                         f"or repa_weight=0")
     model_args = ckpt['model_args']
     iter_num = ckpt['iter_num']
-    if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: past it, it would run forever
-        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past max_iters={max_iters}: raise max_iters to train on")
-model, raw_model, optimizer = prepare_model(TextVAE(VAEConfig(**model_args)), ckpt, env, compile, weight_decay, learning_rate, (beta1, beta2))
+    if iter_num > max_iters:  # the loop stops at max_iters exactly: past it, it would run forever
+        raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, "
+                         f"past max_iters={max_iters}: raise max_iters to train on")
+model, raw_model, optimizer = prepare_model(TextVAE(VAEConfig(**model_args)), ckpt, env, compile,
+                                            weight_decay, learning_rate, (beta1, beta2))
 ckpt = None  # free memory
 
 def get_batch(data, rng):
@@ -113,7 +124,8 @@ def losses(idx, lens, train=True):
     """All the VAE's losses and diagnostics on one batch."""
     mask = lengths_to_mask(lens, idx.size(1))
     with autocast:
-        logits, mu, logvar, repa = model(idx, mask, sample=True, noise_std=dec_noise if train else 0.0)
+        logits, mu, logvar, repa = model(idx, mask, sample=True,
+                                         noise_std=dec_noise if train else 0.0)
     ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none').view_as(idx)
     out = dict(ce=masked_mean(ce, mask), kl=masked_mean(gaussian_kl(mu, logvar), mask))
     out['acc_z'] = masked_mean((logits.argmax(-1) == idx).float(), mask)
@@ -133,7 +145,7 @@ def evaluate():
     model.eval()
     sums = {}
     for k in range(eval_iters):
-        idx, lens = get_batch(val_data, np.random.default_rng([seed, 1, k]))  # the same val batches every time
+        idx, lens = get_batch(val_data, np.random.default_rng([seed, 1, k]))  # fixed val batches
         out = losses(idx, lens, train=False)
         mask = lengths_to_mask(lens, idx.size(1))
         with autocast:
@@ -160,8 +172,9 @@ def latent_stats():
     return z.mean(0).cpu(), z.std(0).cpu()
 
 def checkpoint(best_val, final=False):
-    ckpt = dict(kind='vae', model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-                iter_num=iter_num, best_val_loss=best_val, config=config, tokenizer_sha256=tokenizer_sha256(meta))
+    ckpt = dict(kind='vae', model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                model_args=model_args, iter_num=iter_num, best_val_loss=best_val, config=config,
+                tokenizer_sha256=tokenizer_sha256(meta))
     if final:
         ckpt['latent_mean'], ckpt['latent_std'] = latent_stats()
     save_checkpoint(ckpt, os.path.join(out_dir, 'ckpt.pt'))
@@ -171,10 +184,12 @@ def checkpoint(best_val, final=False):
 if master:
     os.makedirs(out_dir, exist_ok=True)
     print(f"TextVAE: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
-          f"C={latent_channels}, REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer}'}, "
-          f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
-meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, n_embd), peak_flops(env['device_type'], peak_tflops),
-              env['world'])
+          f"C={latent_channels}, "
+          f"REPA {'off' if teacher is None else f'{repa_teacher} layer {repa_layer}'}, "
+          f"global batch {batch_size} x {gradient_accumulation_steps} micro-steps "
+          f"x {env['world']} ranks")
+meter = Meter(flops_per_token(raw_model, block_size, n_enc_layer + n_dec_layer, n_embd),
+              peak_flops(env['device_type'], peak_tflops), env['world'])
 t_start = time.time()
 best_val = float('inf')
 while True:
@@ -184,10 +199,11 @@ while True:
 
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         ev = evaluate()
-        check_finite(ev['loss'], 'val loss', iter_num, out_dir)  # never save a broken model over the last good one
+        check_finite(ev['loss'], 'val loss', iter_num, out_dir)  # never overwrite a good ckpt
         if master:
-            print(f"step {iter_num}: val acc(mu) {ev['acc_mu']:.4%} acc(z) {ev['acc_z']:.4%} ce {ev['ce']:.4f} "
-                  f"kl {ev['kl']:.2f} repa_cos {ev.get('repa_cos', float('nan')):.3f} sigma {ev['sigma']:.3f} "
+            print(f"step {iter_num}: val acc(mu) {ev['acc_mu']:.4%} acc(z) {ev['acc_z']:.4%} "
+                  f"ce {ev['ce']:.4f} kl {ev['kl']:.2f} "
+                  f"repa_cos {ev.get('repa_cos', float('nan')):.3f} sigma {ev['sigma']:.3f} "
                   f"mu_std {ev['mu_std']:.3f} [{(time.time() - t_start) / 60:.1f} min]")
             best_val = min(best_val, ev['loss'])
             if iter_num > 0:
@@ -199,10 +215,11 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         if env['ddp']:  # average the gradients across ranks on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        rng = micro_batch_rng(seed, env['rank'] * gradient_accumulation_steps + micro_step, iter_num)
+        rng = micro_batch_rng(seed, env['rank'] * gradient_accumulation_steps + micro_step,
+                              iter_num)
         idx, lens = get_batch(train_data, rng)
         out = losses(idx, lens)
-        # every micro-batch weighs the same (so does every rank's under DDP), whatever its number of tokens
+        # every micro-batch (every rank's, under DDP) weighs the same, whatever its number of tokens
         (out['loss'] / gradient_accumulation_steps).backward()
         for k, v in dict(out, tokens=lens.sum()).items():
             sums[k] = sums.get(k, 0) + v.detach()
@@ -211,18 +228,21 @@ while True:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     sums = sum_over_ranks(sums, env)
-    avg = {k: v / (gradient_accumulation_steps * env['world']) for k, v in sums.items()}  # means over the global batch
+    # means over the global batch
+    avg = {k: v / (gradient_accumulation_steps * env['world']) for k, v in sums.items()}
     loss = avg['loss']
     check_finite(loss, 'loss', iter_num, out_dir)
     dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
     if iter_num % log_interval == 0 and master:
-        print(f"iter {iter_num}: loss {loss:.4f} ce {avg['ce']:.4f} kl {avg['kl']:.2f} acc {avg['acc_z']:.3f} "
-              f"repa {avg.get('repa_cos', float('nan')):.3f} sigma {avg['sigma']:.3f}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
+        print(f"iter {iter_num}: loss {loss:.4f} ce {avg['ce']:.4f} kl {avg['kl']:.2f} "
+              f"acc {avg['acc_z']:.3f} repa {avg.get('repa_cos', float('nan')):.3f} "
+              f"sigma {avg['sigma']:.3f}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
               + (f", mfu {mfu:.2%}" if mfu is not None else ""))
 
 if master:
     print(f"done in {(time.time() - t_start) / 60:.2f} min: {out_dir}/ckpt.pt")
-    write_summary(out_dir, dict(iters=iter_num, minutes=round((time.time() - t_start) / 60, 2), final_eval=ev, **meter.summary()))
+    write_summary(out_dir, dict(iters=iter_num, minutes=round((time.time() - t_start) / 60, 2),
+                                final_eval=ev, **meter.summary()))
 if env['ddp']:
     torch.distributed.destroy_process_group()

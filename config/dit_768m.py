@@ -1,5 +1,5 @@
-# The paper's DiT-768M: 32 layers, d=1152, 16 heads (~768M parameters with C=64..128 latents), on the
-# 350M VAE's latents of OpenWebText2, 1024 tokens, 1M steps (2M for the paper's main table).
+# The paper's DiT-768M: 32 layers, d=1152, 16 heads (~768M parameters with C=64..128 latents),
+# on the 350M VAE's latents of OpenWebText2, 1024 tokens, 1M steps (2M for the paper's main table).
 # torchrun --nproc_per_node=8 dit_train.py config/dit_768m.py
 out_dir = 'out/dit_768m'
 vae_ckpt = 'out/vae_350m/ckpt.pt'

@@ -1,5 +1,6 @@
-# The embedded default on a 2-core CPU: a 6-layer d=256 DiT on the tiny VAE's latents, with the token head
-# (score interpolation), the head whose text improves with training (bench/results/curve.md); sampled at CFG 2.
+# The embedded default on a 2-core CPU: a 6-layer d=256 DiT on the tiny VAE's latents, with the
+# token head (score interpolation), the head whose text improves with training
+# (bench/results/curve.md); sampled at CFG 2.
 # python dit_train.py config/dit_tiny.py
 out_dir = 'out/dit_tiny'
 vae_ckpt = 'out/vae_tiny/ckpt.pt'

@@ -1,4 +1,5 @@
-# The paper's VAE (350M): Qwen3 tokenizer, C=128, REPA to Qwen3-1.7B's 3rd-to-last layer, 1024 tokens, 200K steps.
+# The paper's VAE (350M): Qwen3 tokenizer, C=128, REPA to Qwen3-1.7B's 3rd-to-last layer,
+# 1024 tokens, 200K steps.
 # Prepare the data first: python prepare_data.py --dataset=openwebtext2 --tokenizer=qwen3
 # torchrun --nproc_per_node=8 vae_train.py config/vae_350m.py
 # Parameters: 2 x 151,669 x 768 = 233M in the embedding and the head (the paper: ~223M), 113M in the

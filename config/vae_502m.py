@@ -1,7 +1,9 @@
-# The paper's VAE (502M): the 350M VAE (config/vae_350m.py) made deeper at the same width, as the paper keeps
-# its embedding + head (~223M) in every size. Qwen3 tokenizer, C=128, REPA to Qwen3-1.7B, 1024 tokens, 200K steps.
+# The paper's VAE (502M): the 350M VAE (config/vae_350m.py) made deeper at the same width, as
+# the paper keeps its embedding + head (~223M) in every size. Qwen3 tokenizer, C=128, REPA to
+# Qwen3-1.7B, 1024 tokens, 200K steps.
 # torchrun --nproc_per_node=8 vae_train.py config/vae_502m.py
-# Parameters: 2 x 151,669 x 768 = 233M in the embedding and the head, 269M in the 19 + 19 blocks, 502.3M in all.
+# Parameters: 2 x 151,669 x 768 = 233M in the embedding and the head, 269M in the 19 + 19 blocks,
+# 502.3M in all.
 # Short of memory? Halve batch_size and set gradient_accumulation_steps = 2: the same global batch.
 out_dir = 'out/vae_502m'
 data_dir = 'data/openwebtext2'

@@ -1,7 +1,9 @@
-# The paper's VAE (690M): the 350M VAE (config/vae_350m.py) made deeper at the same width, as the paper keeps
-# its embedding + head (~223M) in every size. Qwen3 tokenizer, C=128, REPA to Qwen3-1.7B, 1024 tokens, 200K steps.
+# The paper's VAE (690M): the 350M VAE (config/vae_350m.py) made deeper at the same width, as
+# the paper keeps its embedding + head (~223M) in every size. Qwen3 tokenizer, C=128, REPA to
+# Qwen3-1.7B, 1024 tokens, 200K steps.
 # torchrun --nproc_per_node=8 vae_train.py config/vae_690m.py
-# Parameters: 2 x 151,669 x 768 = 233M in the embedding and the head, 453M in the 32 + 32 blocks, 686.3M in all.
+# Parameters: 2 x 151,669 x 768 = 233M in the embedding and the head, 453M in the 32 + 32 blocks,
+# 686.3M in all.
 # Short of memory? Halve batch_size and set gradient_accumulation_steps = 2: the same global batch.
 out_dir = 'out/vae_690m'
 data_dir = 'data/openwebtext2'

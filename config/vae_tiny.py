@@ -12,6 +12,6 @@ n_dec_layer = 2
 latent_channels = 16
 repa_teacher = 'minilm'
 repa_layer = -3
-dec_noise = 1.0  # the decoder learns to read imprecise latents: a DiT's samples decode to real words
+dec_noise = 1.0  # the decoder learns to read imprecise latents: DiT samples decode to real words
 max_iters = 350
 dtype = 'bfloat16'

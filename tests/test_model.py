@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from model import (Block, TextVAE, VAEConfig, TextDiT, DiTConfig, gaussian_kl, lengths_to_mask, rope_cache, add_decoder_noise,
-                   pack_segments, take_segment, encode_segments)
+from model import (Block, TextVAE, VAEConfig, TextDiT, DiTConfig, gaussian_kl, lengths_to_mask,
+                   rope_cache, add_decoder_noise, pack_segments, take_segment, encode_segments)
 
 def test_causal_block_ignores_the_future():
     torch.manual_seed(0)
@@ -56,7 +56,8 @@ def test_vae_overfits_a_batch():
     opt = torch.optim.AdamW(vae.parameters(), lr=3e-3)
     for _ in range(150):
         logits, mu, logvar, _ = vae(idx, mask)
-        loss = F.cross_entropy(logits[mask], idx[mask]) + 1e-3 * gaussian_kl(mu, logvar)[mask].mean()
+        loss = (F.cross_entropy(logits[mask], idx[mask])
+                + 1e-3 * gaussian_kl(mu, logvar)[mask].mean())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -68,10 +69,12 @@ def test_pack_and_take_segments():
     ctx_lens, tgt_lens = torch.tensor([5, 2, 0]), torch.tensor([3, 7, 4])
     x, is_target, mask = pack_segments(ctx, ctx_lens, tgt, tgt_lens)
     assert x.shape == (3, 9, 4)
-    assert torch.equal(x[0, :5], ctx[0]) and torch.equal(x[0, 5:8], tgt[0, :3]) and (x[0, 8] == 0).all()
+    assert (torch.equal(x[0, :5], ctx[0]) and torch.equal(x[0, 5:8], tgt[0, :3])
+            and (x[0, 8] == 0).all())
     assert torch.equal(x[1, :2], ctx[1, :2]) and torch.equal(x[1, 2:], tgt[1])
     assert torch.equal(x[2, :4], tgt[2, :4]) and not mask[2, 4:].any()
-    assert is_target.sum(1).tolist() == tgt_lens.tolist() and mask.sum(1).tolist() == (ctx_lens + tgt_lens).tolist()
+    assert (is_target.sum(1).tolist() == tgt_lens.tolist()
+            and mask.sum(1).tolist() == (ctx_lens + tgt_lens).tolist())
     back = take_segment(x, ctx_lens, 7)
     for b in range(3):
         assert torch.equal(back[b, :tgt_lens[b]], tgt[b, :tgt_lens[b]])
@@ -126,5 +129,5 @@ def test_decoder_noise_grows_with_the_latents_so_growing_them_cannot_beat_it():
     torch.manual_seed(1)
     noise_of_grown = add_decoder_noise(10 * mu, 10 * mu, mask, 1.0) - 10 * mu
     assert torch.allclose(noise_of_grown, 10 * noise, rtol=1e-4, atol=1e-4)
-    per_channel = noise[mask].std(0) / mu[mask].std(0)  # each channel's noise follows its own spread
+    per_channel = noise[mask].std(0) / mu[mask].std(0)  # each channel's noise follows its own std
     assert 0.2 < per_channel.min() and per_channel.max() / per_channel.min() < 1.5
