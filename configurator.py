@@ -42,6 +42,7 @@ _RANGES = {
                      'peak_tflops', 'top_k', 'mauve_buckets', 'bertscore_layers', 'warmup',
                      'examples', 'solo_steps', 'ar_weight'], '>= 0'),
     'block_len': '>= 0, <= 100000',  # 0: the paper's layout
+    'block_lens': '>= 1, <= 100000',
     # 2**63: the scripts add offsets to the seed (a rank, a batch), torch takes at most 2**64 - 1
     'seed': '>= 0, < 9223372036854775808',
     **dict.fromkeys(['learning_rate', 't_std', 'budget_s'], '> 0'),

@@ -13,8 +13,9 @@ that its peak memory is its own.
                    DiT), in float32 and in bf16, the faster compared; and samples/s of
                    sample_batch_length new tokens at each of sample_batches, for the TextLDM of each
                    DiT head with sample.py's solver and guidance interval at each k in ks, and with
-                   the paper's sampler (Euler, guided at every step, paper_steps) (sampling.md: the
-                   table)
+                   the paper's sampler (Euler, guided at every step, paper_steps), and for the
+                   block-causal token-head DiT of each of block_lens (sample.py's sampler, block
+                   by block through its KV cache) (sampling.md: the table)
   memory           on CPUs the phase's peak resident set (ru_maxrss, torch included; 'own': less
                    the RSS before the phase), on GPUs torch.cuda.max_memory_allocated
 
@@ -23,6 +24,7 @@ that its peak memory is its own.
     python bench/speed.py --lengths=64,256 --repeats=5  # a single length: --lengths=64
 """
 import copy, json, os, platform, resource, statistics, subprocess, sys, time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from model import (TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, encod
                    pack_segments, take_segment, lengths_to_mask, masked_mean, gaussian_kl,
                    num_params)
 from model import flow_time
-from sample import sample_latents, CFG_UNTIL, SOLVER, STEPS
+from sample import sample_blocks, sample_latents, CFG_UNTIL, SOLVER, STEPS
 from training import setup, prepare_model
 
 data_dir, out_dir = 'data/embedded', 'bench/results'
@@ -49,6 +51,8 @@ lengths, prompt_len, cfg = (64, 128, 256, 512, 1024), 16, 2.0
 steps, paper_steps = STEPS, 50
 # samples/s: sample.py's solver at each k; the default head first
 ks, heads = (4, 8, 16, 32, 50), ('tokens', 'velocity')
+# and the block-causal token-head DiT (a causal VAE) of each block length, with sample.py's sampler
+block_lens = (16, 4)
 # sampling runs per length: up to repeats, fewer once budget_s is spent
 repeats, budget_s = 3, 20.0
 sample_batches, sample_batch_length = (1, 8, 32), 128
@@ -86,9 +90,9 @@ def timed(fn, n_warmup, n, budget=float('inf')):
         times.append(time.perf_counter() - t0)
     return statistics.median(times), len(times)
 
-def make_vae(T, repa_dim=0):
+def make_vae(T, repa_dim=0, causal_encoder=False):
     return TextVAE(VAEConfig(V, T, n_embd, n_head, n_enc, n_layer - n_enc, latent_channels,
-                             repa_dim))
+                             repa_dim, causal_encoder))
 
 def train_step(name, model, loss_fn, ema=False):
     """Training steps as the scripts take them (autocast, backward, clip, AdamW, the DiT's EMA) ->
@@ -185,6 +189,14 @@ def sampling_phase(which):
         vae = ready(make_vae(T))
         models = {head: (vae, ready(make_dit(head))) for head in heads}
         ways = [(h, s) for h in heads for s in SAMPLERS]
+        causal = ready(make_vae(T, causal_encoder=True))
+        for n in block_lens:  # what sample_blocks reads of sample.LDM
+            dit = ready(TextDiT(DiTConfig(latent_channels, T, n_embd, n_head, n_layer, V, n)))
+            models[f'tokens, blocks of {n}'] = SimpleNamespace(
+                dit=dit, vae=causal, mean=0.0, std=1.0, times=dict(schedule='logit_normal',
+                                                                   mean=0.0, std=1.5),
+                encode=lambda idx, lens: causal.encode(idx, lengths_to_mask(lens, idx.size(1)))[0])
+            ways.append((f'tokens, blocks of {n}', SAMPLERS[0]))
     g = torch.Generator(dev).manual_seed(0)
     @torch.no_grad()
     def sample(name, how, n, B):
@@ -192,6 +204,10 @@ def sampling_phase(which):
         if which == 'gpt':  # how: the dtype
             with torch.autocast(env['device_type'], torch.bfloat16, enabled=how == 'bfloat16'):
                 return models[name].generate(prompt, n, generator=g)
+        if isinstance(models[name], SimpleNamespace):  # block by block, as sample.generate
+            with autocast:
+                return sample_blocks(models[name], prompt, full(prompt_len), n, how[2], cfg, g,
+                                     how[0], how[1])
         (vae, dit), (solver, until, k) = models[name], how
         zc = vae.encode(prompt)[0]
         # as sample.generate: the prompt's encode in float32, the DiT and the decode in bf16
@@ -309,7 +325,8 @@ for r in G['rows'][::len(sample_batches)]:
                  + ' | '.join(f"{c['samples_per_s']:.2f}" for c in cells) + ' |')
 for k in dict.fromkeys(map(key, rows)):
     cells = [next(r for r in rows if key(r) == k and r['batch'] == b) for b in sample_batches]
-    table.append(f"| TextLDM, {k[0]} head | {k[1]} | {k[3]} | t < {k[2]:g} | "
+    table.append(f"| TextLDM, {k[0]}{' head' if k[0] in heads else ''} | {k[1]} | {k[3]} | "
+                 f"t < {k[2]:g} | "
                  + ' | '.join(f"{c['samples_per_s']:.2f} ({c['over_gpt']:.2f}x)" for c in cells)
                  + ' |')
 with open(os.path.join(out_dir, 'sampling.md'), 'w') as f:

@@ -28,7 +28,7 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
                for v in lat['batch1_seconds'].values())
     # samples/s at each batch: the GPT in float32 and bf16 (its faster compared), the TextLDM of
     # each head with sample.py's sampler at each k and with the paper's (Euler, guided at every
-    # step)
+    # step), and the block-causal DiT of each block length with sample.py's sampler
     sps = lat['samples_per_s']
     assert {(r['dtype'], r['batch']) for r in sps['gpt_rows']} == \
         {(d, b) for d in ('float32', 'bfloat16') for b in (1, 2)}
@@ -36,15 +36,17 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
                                       if r['batch'] == b) for b in (1, 2)}
     way = lambda r: (r['model'], r['solver'], r['cfg_until'], r['steps'], r['batch'])
     samplers = [(SOLVER, CFG_UNTIL, 2), (SOLVER, CFG_UNTIL, 3), ('euler', 1.0, 3)]
+    blocks = {(f'tokens, blocks of {n}', *samplers[0], b) for n in (16, 4) for b in (1, 2)}
     assert {way(r) for r in sps['ldm']} == {(h, *s, b) for h in ('tokens', 'velocity')
-                                            for s in samplers for b in (1, 2)}
+                                            for s in samplers for b in (1, 2)} | blocks
     assert all(r['samples_per_s'] > 0
                and r['over_gpt'] == round(r['samples_per_s'] / sps['gpt'][str(r['batch'])], 3)
                for r in sps['ldm'])
     assert sps['default'] == next(r for r in sps['ldm']
                                   if way(r) == ('tokens', SOLVER, CFG_UNTIL, 2, 2))
     table = (tmp_path / 'sampling.md').read_text()
-    assert table.count('| TextLDM') == 6 and table.count('| GPT + KV cache') == 2
+    assert table.count('| TextLDM') == 8 and table.count('| GPT + KV cache') == 2
+    assert '| TextLDM, tokens, blocks of 4 | dpm2m |' in table
     # the GPT is made as deep as needed to match the TextLDM's parameters
     params = lat['params']
     assert params['ldm'] == params['ldm_vae'] + params['ldm_dit']
