@@ -26,7 +26,8 @@ def write_table(folder):
     for path in sorted(glob.glob(os.path.join(folder, '*.json'))):
         with open(path) as f:
             run = json.load(f)
-        if 'results' in run:
+        if isinstance(run, dict) and {'label', 'window'} <= run.keys() \
+                and isinstance(run.get('results'), dict):  # an eval run, not another record
             runs.append(run)
     benches = list(dict.fromkeys(b for r in runs for b in r['results']))
     cols = [(b, k) for b in benches for k in COLUMNS

@@ -283,3 +283,13 @@ def test_bad_input_is_one_line_in_a_process_of_its_own(tiny_data):
     one_line_error(run_script('eval.py', f'--data_dir={tiny_data}', '--model=unigram',
                               '--benchmarks=lm1b', '--hf_local_dir=/nonexistent',
                               '--metrics=rouge'), 'no lm1b.parquet or lm1b.jsonl in /nonexistent')
+
+def test_the_table_reads_only_eval_runs_from_a_shared_folder(tmp_path):
+    """eval.py --out_file may write into a folder of other records (bench/results): their JSON is
+    not a row, and no other record's shape breaks the table."""
+    from table import save_run
+    (tmp_path / 'curve.json').write_text(json.dumps({'results': [{'a': 1}], 'command': 'x'}))
+    (tmp_path / 'list.json').write_text('[1, 2]')
+    run = dict(label='gpt (out/g)', window=128, results={'wikipedia': {'genppl': 12.5}})
+    table = open(save_run(str(tmp_path / 'run.json'), run)).read()
+    assert '| gpt (out/g) | 128 | 12.5 |' in table and table.count('\n| ') == 1  # one row
