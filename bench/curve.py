@@ -18,17 +18,22 @@ The gap of a DiT point: its steps over the steps at which the GPT's curve reache
 perplexity (log PPL interpolated in log steps on the GPT's best-so-far curve); outside the GPT's
 curve it is a bound (> or <).
 
-    python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=500 \
-        --keep_steps=30,60,125,250,500
-    python ar_train.py config/gpt_tiny.py --out_dir=out/judge --max_iters=2000 --seed=2024 \
-        --eval_interval=500
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default DiT, to 4000
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --head=velocity \
-        --out_dir=out/curve/dit_velocity --max_iters=1000 --lr_decay_iters=4000 \
-        --keep_steps=500,1000  # the paper's head on the same schedule
-    python bench/curve.py  # these four runs, the token head at CFG 2 (and 1, 4 at 2000)
-                           # -> bench/results/curve.*
+    python prepare_data.py && python vae_train.py config/vae_tiny.py  # the causal VAE
+    python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=1000 \
+        --keep_steps=60,125,250,500,1000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default: 500 to 4000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
+        --out_dir=out/curve/dit_b4                        # the same without the next-token loss
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
+        --block_len=16 --out_dir=out/curve/dit_b16        # blocks of 16
+    python vae_train.py config/vae_tiny.py --causal_encoder=False --out_dir=out/vae_bidir
+    python dit_train.py config/dit_tiny.py --block_len=0 --ar_weight=0 --max_iters=1000 \
+        --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
+                                                          # the paper's layout (the old default)
+    python bench/curve.py  # these runs at CFG 2 -> bench/results/curve.*
 
+The judge is ../shared/judge (its README says how it was made): a GPT of seed 4242 trained 4000
+steps, so that points from every session compare.
 Each run folder's step<N>/ checkpoints are its curve (trainers' --keep_steps). A model point's
 figures are cached in out/curve/points/, so adding a run re-scores only what is new.
 """
@@ -262,10 +267,10 @@ def markdown(res):
 
 if __name__ == '__main__':
     gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
-    dits = ('out/curve/dit_tokens:2,out/curve/dit_tokens:4@2000,out/curve/dit_tokens:1@2000,'
-            # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
-            'out/curve/dit_velocity:8')
-    judge = 'out/judge'  # a GPT that is not a contestant, trained longer
+    # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
+    dits = ('out/curve/dit_b4_ar:2,out/curve/dit_b4:2@1000,out/curve/dit_b16:2@1000,'
+            'out/curve/dit_paper:2@1000')
+    judge = '../shared/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'
     num_samples = 64  # per benchmark
     num_windows = 128  # the yardstick's held-out windows

@@ -1,15 +1,18 @@
-# The embedded default on a 2-core CPU: a 6-layer d=256 DiT on the tiny VAE's latents, with the
-# token head (score interpolation), the head whose text improves with training
-# (bench/results/curve.md); sampled at CFG 2.
+# The embedded default on a 2-core CPU: a 6-layer d=256 block-causal DiT (blocks of 4 latents, each
+# denoised from the clean text before it) with the token head and a next-token loss on its clean
+# stream: the configuration with the smallest compute gap on the curve (bench/results/curve.md).
+# 500 steps (about 9 minutes), so that the demo stays within 15; sampled at CFG 2.
 # python dit_train.py config/dit_tiny.py
 out_dir = 'out/dit_tiny'
 vae_ckpt = 'out/vae_tiny/ckpt.pt'
 data_dir = 'data/embedded'
 head = 'tokens'
+block_len = 4
+ar_weight = 1.0
 batch_size = 32
 block_size = 128
 n_embd = 256
 n_head = 4
 n_layer = 6
-max_iters = 1000
+max_iters = 500
 dtype = 'bfloat16'

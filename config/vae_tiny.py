@@ -10,6 +10,7 @@ n_head = 4
 n_enc_layer = 2
 n_dec_layer = 2
 latent_channels = 16
+causal_encoder = True  # the default DiT is block-causal: no latent may read a later token
 repa_teacher = 'minilm'
 repa_layer = -3
 dec_noise = 1.0  # the decoder learns to read imprecise latents: DiT samples decode to real words
