@@ -128,6 +128,9 @@ if init_from == 'resume':
     if ckpt['vae_fingerprint'] != fingerprint(vae.state_dict()):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained on another VAE than {vae_ckpt}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
+    if model_args.get('block_len', 0) != block_len:  # the layout trains what the model reads
+        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with block_len="
+                         f"{model_args.get('block_len', 0)}: resume with that block_len")
     if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: else, never
         raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past "
                          f"max_iters={max_iters}: raise max_iters to train on")

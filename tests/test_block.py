@@ -140,6 +140,10 @@ def test_block_mode_trains_and_samples_block_by_block(causal_vae_ckpt, tiny_data
                       '--eval_interval=10', *TINY_DIT))
     val = [float(v) for v in re.findall(r'val loss ([\d.]+)', log)]
     assert len(val) == 3 and val[-1] < val[0], log[-2000:]
+    resumed = run_main('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={causal_vae_ckpt}',
+                       f'--out_dir={out}', '--block_len=8', *args, '--max_iters=30',
+                       '--init_from=resume', *TINY_DIT)
+    one_line_error(resumed, 'trained with block_len=4: resume with that block_len')
     from sample import LDM, generate, sample_blocks
     ldm = LDM(out)
     prompts = ['the river', '', 'a much longer prompt than the others']
