@@ -22,6 +22,16 @@ CFG = 2.0
 # paper's 50 Euler steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead
 # of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
+# On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
+# faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x
+# faster in bf16 (bench/results/cpu_dtype.md). So bf16 where a forward writes this many or more.
+CPU_BF16_MIN_LATENTS = 128
+
+def sampling_autocast(device_type, bf16, latents):
+    """bf16 autocast if the model trained in it (bf16) and, on a CPU, the forwards write at least
+    CPU_BF16_MIN_LATENTS latents (a batch of blocks or targets)."""
+    big = device_type != 'cpu' or latents >= CPU_BF16_MIN_LATENTS
+    return torch.autocast(device_type, torch.bfloat16, enabled=bf16 and big)
 
 def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
     """Integrate dx/dt = velocity(x, t, guided) from x ~ N(0, I) at t = 0 to data at t = 1, at
@@ -29,14 +39,17 @@ def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
     effort); guided while t < cfg_until. Each step moves x to t' along its clean estimate
     x1 = x + (1 - t) v: x' = x + (t' - t) / (1 - t) (x1 - x), Euler's step; solver='dpm2m'
     (DPM-Solver++(2M)) extrapolates x1 from the last step, linearly in log SNR: second order at one
-    forward a step."""
+    forward a step. velocity also gets the last step's clean estimate (None at the first), which a
+    self-conditioned DiT reads."""
     q = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     ts = flow_time(q, schedule, mean, std).tolist()
     lam = [math.log(t / (1 - t)) if 0 < t < 1 else None for t in ts]  # log SNR, None at the ends
     last = None  # the previous step's (x1, guided)
     for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         guided = cfg != 1.0 and t < cfg_until
-        x1 = x + (1 - t) * velocity(x, t, guided).double()  # the conditional half's when guided
+        x1_prev = None if last is None else last[0].float()
+        # the conditional half's when guided
+        x1 = x + (1 - t) * velocity(x, t, guided, x1_prev).double()
         # second order inside (0, 1), unless the guidance just switched off (x1 jumps there)
         x1_step = x1
         inside = None not in (lam[k - 1], lam[k + 1])
@@ -55,14 +68,19 @@ def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule=
     B, Tt, C = ctx.size(0), int(tgt_lens.max()), dit.config.latent_channels
     pair = torch.cat([ctx, torch.zeros_like(ctx)]), ctx_lens.repeat(2), tgt_lens.repeat(2)
 
-    def velocity(x, t, guided):
+    def velocity(x, t, guided, x1_prev):
         c, c_lens, t_lens = pair if guided else (ctx, ctx_lens, tgt_lens)
-        x = torch.cat([x, x]) if guided else x
-        packed, is_target, mask = pack_segments(c, c_lens, x.float(), t_lens)
+        m = 2 if guided else 1
+        packed, is_target, mask = pack_segments(c, c_lens, torch.cat([x] * m).float(), t_lens)
+        if x1_prev is not None:  # at the target positions, as x
+            x1_prev = torch.cat([x1_prev] * m).float()
+            x1_prev = pack_segments(torch.zeros_like(c), c_lens, x1_prev, t_lens)[0]
         t = torch.full((packed.size(0),), t, device=x.device)
         if guided:
-            return take_segment(dit.forward_with_cfg(packed, t, is_target, mask, cfg), ctx_lens, Tt)
-        return take_segment(dit(packed, t, is_target, mask), ctx_lens, Tt)
+            v = dit.forward_with_cfg(packed, t, is_target, mask, cfg, x1_prev=x1_prev)
+        else:
+            v = dit(packed, t, is_target, mask, x1_prev=x1_prev)
+        return take_segment(v, ctx_lens, Tt)
 
     x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
     has_ctx = bool((ctx_lens > 0).any())  # else there is nothing to guide by
@@ -95,14 +113,16 @@ def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_unt
         # the next block: it sees the real clean latents and itself
         sees = torch.cat([real, real.new_ones(B, n)], 1)[:, None, :]
 
-        def velocity(x, t, guided):
+        def velocity(x, t, guided, x1_prev):
             m = 2 if guided else 1
             x, t = torch.cat([x] * m).float(), x.new_full((m * B,), t, dtype=torch.float32)
             is_target = torch.ones_like(x[..., 0], dtype=torch.bool)
+            x1_prev = None if x1_prev is None else torch.cat([x1_prev] * m)
             view = [c.frozen(m * B) for c in cache]
             if guided:
-                return dit.forward_with_cfg(x, t, is_target, sees.repeat(2, 1, 1), cfg, cache=view)
-            return dit(x, t, is_target, sees, cache=view)
+                return dit.forward_with_cfg(x, t, is_target, sees.repeat(2, 1, 1), cfg, cache=view,
+                                            x1_prev=x1_prev)
+            return dit(x, t, is_target, sees, cache=view, x1_prev=x1_prev)
 
         x = torch.randn(B, n, z.size(2), generator=generator, device=seq.device,
                         dtype=torch.float64)
@@ -136,12 +156,12 @@ def generate(ldm, prompts, length, steps=STEPS, cfg=CFG, seed=0, solver=SOLVER,
     idx = torch.tensor([i + [0] * (width - len(i)) for i in ids], device=ldm.device)  # right-padded
     gen = torch.Generator(device=ldm.device).manual_seed(seed)
     if ldm.dit.config.block_len:
-        with ldm.autocast():
+        with ldm.autocast(len(prompts) * ldm.dit.config.block_len):
             tokens = sample_blocks(ldm, idx, ctx_lens, max(lengths), steps, cfg, gen, solver,
                                    cfg_until)
         return [ldm.enc.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
     ctx = ldm.encode(idx, ctx_lens)  # the prompt is encoded on its own, as in training
-    with ldm.autocast():
+    with ldm.autocast(len(prompts) * (width + max(lengths))):
         z = sample_latents(ldm.dit, ctx, ctx_lens, tgt_lens, steps, cfg, **ldm.times, generator=gen,
                            solver=solver, cfg_until=cfg_until)
         tokens = ldm.decode(z, tgt_lens)  # in bf16 too: its vocabulary head costs as the GPT's
@@ -176,8 +196,8 @@ class LDM:
         native = device.startswith('cuda') or torch.ops.mkldnn._is_mkldnn_bf16_supported()
         self.bf16 = run['dtype'] == 'bfloat16' and native
 
-    def autocast(self):
-        return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=self.bf16)
+    def autocast(self, latents=CPU_BF16_MIN_LATENTS):
+        return sampling_autocast(torch.device(self.device).type, self.bf16, latents)
 
     def encode(self, idx, lens):
         """Token ids (B, T) with lengths (B,) -> normalised latent means (B, T, C)."""

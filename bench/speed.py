@@ -37,7 +37,7 @@ from model import (TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, encod
                    pack_segments, take_segment, lengths_to_mask, masked_mean, gaussian_kl,
                    num_params)
 from model import flow_time
-from sample import sample_blocks, sample_latents, CFG_UNTIL, SOLVER, STEPS
+from sample import sample_blocks, sample_latents, sampling_autocast, CFG_UNTIL, SOLVER, STEPS
 from training import setup, prepare_model
 
 data_dir, out_dir = 'data/embedded', 'bench/results'
@@ -204,14 +204,17 @@ def sampling_phase(which):
         if which == 'gpt':  # how: the dtype
             with torch.autocast(env['device_type'], torch.bfloat16, enabled=how == 'bfloat16'):
                 return models[name].generate(prompt, n, generator=g)
+        # the dtype as sample.generate chooses it
+        dtype_for = lambda latents: sampling_autocast(env['device_type'], dtype == 'bfloat16',
+                                                      latents)
         if isinstance(models[name], SimpleNamespace):  # block by block, as sample.generate
-            with autocast:
+            with dtype_for(B * models[name].dit.config.block_len):
                 return sample_blocks(models[name], prompt, full(prompt_len), n, how[2], cfg, g,
                                      how[0], how[1])
         (vae, dit), (solver, until, k) = models[name], how
         zc = vae.encode(prompt)[0]
-        # as sample.generate: the prompt's encode in float32, the DiT and the decode in bf16
-        with autocast:
+        # as sample.generate: the prompt's encode in float32, the DiT and the decode by its rule
+        with dtype_for(B * (prompt_len + n)):
             z = sample_latents(dit, zc, full(prompt_len), full(n), k, cfg, solver=solver,
                                cfg_until=until, generator=g)
             return vae.decode(z).argmax(-1)
@@ -302,7 +305,8 @@ default = next((r for r in rows if key(r) == (heads[0], *SAMPLERS[0])
 latency = dict(
     setting=f"prompt {prompt_len} tokens; TextLDM: VAE encode, the solver's steps with CFG {cfg} "
             "(one batched forward of [context ; null] while t < cfg_until, then the conditional "
-            f"batch alone), the DiT and the decode under {dtype} autocast (as sample.generate); "
+            f"batch alone), the DiT and the decode under {dtype} autocast where a forward writes "
+            "sample.CPU_BF16_MIN_LATENTS latents or more on a CPU (as sample.generate); "
             f"GPT: KV cache, a sampled token at a time, in float32 and under {dtype} autocast, its "
             f"faster one compared; batch 1 by length: the {heads[0]} head, {SAMPLERS[0]}",
     params=L['params'],
