@@ -60,6 +60,9 @@ t_per_block = True  # block_len > 0: an independent time per noisy block (BD3-LM
 # follows clean text, where diffusion gives one a block (few at the high noise where only the past
 # tells)
 ar_weight = 0.0
+# self-conditioning (Analog Bits, LangFlow): on half the batches the targets also read the model's
+# own clean estimate from a first forward without gradients, as the sampler gives it the last step's
+self_cond = False
 # flow matching
 t_schedule = 'logit_normal'  # or 'uniform'
 t_mean = 0.0
@@ -121,16 +124,17 @@ C = vae.config.latent_channels
 
 model_args = dict(latent_channels=C, block_size=block_size, n_embd=n_embd, n_head=n_head,
                   n_layer=n_layer, vocab_size=meta['vocab_size'] if head == 'tokens' else 0,
-                  block_len=block_len, dropout=dropout)
+                  block_len=block_len, self_cond=self_cond, dropout=dropout)
 iter_num, ckpt = 0, None
 if init_from == 'resume':
     ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), 'dit')
     if ckpt['vae_fingerprint'] != fingerprint(vae.state_dict()):
         raise SystemExit(f"error: {out_dir}/ckpt.pt was trained on another VAE than {vae_ckpt}")
     model_args, iter_num = ckpt['model_args'], ckpt['iter_num']
-    if model_args.get('block_len', 0) != block_len:  # the layout trains what the model reads
-        raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with block_len="
-                         f"{model_args.get('block_len', 0)}: resume with that block_len")
+    for key, now in (('block_len', block_len), ('self_cond', self_cond)):
+        if model_args.get(key, 0) != now:  # the inputs train what the model reads
+            raise SystemExit(f"error: {out_dir}/ckpt.pt was trained with {key}="
+                             f"{model_args.get(key, 0)}: resume with that {key}")
     if iter_num > max_iters:  # the loop stops when iter_num reaches max_iters: else, never
         raise SystemExit(f"error: {out_dir}/ckpt.pt is at step {iter_num}, past "
                          f"max_iters={max_iters}: raise max_iters to train on")
@@ -213,6 +217,10 @@ def flow_loss(net, batch, generator=None):
         inputs, velocity, t = paper_inputs(idx, lens, ctx_lens, drop, generator)
         tokens = idx[:, :velocity.size(1)]  # the packed layout keeps each window's order
     is_target, B, T = inputs['is_target'], idx.size(0), idx.size(1)
+    if self_cond and torch.rand(1, generator=generator, device=device) < 0.5:
+        with torch.no_grad(), autocast:
+            v = net(**inputs).float()
+        inputs['x1_prev'] = (inputs['x'] + (1 - t[..., None]) * v) * is_target[..., None]
     if ar_weight:  # the head at every position, clean and noisy
         inputs['head_at'] = torch.ones_like(is_target)
     with autocast:

@@ -246,6 +246,7 @@ class DiTConfig:
     n_layer: int = 6
     vocab_size: int = 0  # 0: a velocity head (the paper); > 0: a token head (see TextDiT)
     block_len: int = 0   # 0: the paper's [context ; target]; > 0: block-causal (see block_layout)
+    self_cond: bool = False  # the targets also read the last clean estimate (see TextDiT)
     bias: bool = False
     dropout: float = 0.0
 
@@ -266,7 +267,10 @@ class TextDiT(nn.Module):
         position; the clean-target estimate is their softmax's expectation over per-token latents,
         x1 = p @ E, and v = (x1 - x_t) / (1 - t). Trained with cross-entropy on the target tokens: a
         strong, discrete signal where a latent MSE barely tells a likely next token from an
-        unlikely one."""
+        unlikely one.
+    Self-conditioning (self_cond, Analog Bits; LangFlow): a target also reads x1_prev, the clean
+    estimate of the solver's previous step (0 at the first), so each step refines the last one's
+    guess instead of starting again from x_t."""
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -274,6 +278,9 @@ class TextDiT(nn.Module):
         d = config.n_embd
         self.in_proj = nn.Linear(config.latent_channels, d)
         self.segment = nn.Embedding(2, d)  # 0: context, 1: target
+        # no bias: an absent estimate (zeros) adds nothing
+        C = config.latent_channels
+        self.self_cond = nn.Linear(C, d, bias=False) if config.self_cond else None
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.body = Transformer(config.n_layer, d, config.n_head, adaln=True, bias=config.bias,
                                 dropout=config.dropout)
@@ -291,9 +298,11 @@ class TextDiT(nn.Module):
         for layer in (self.final_adaln[-1], self.out_proj):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.self_cond is not None:  # it starts as the plain DiT, and learns to read its guess
+            nn.init.zeros_(self.self_cond.weight)
 
     def forward(self, x, t, is_target, mask=None, return_logits=False, pos=None, group=None,
-                cache=None, head_at=None):
+                cache=None, head_at=None, x1_prev=None):
         """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask
         (B, T) bool for real positions -> velocity (B, T, C), meaningful at the targets only.
         The block-causal layout (block_layout) passes t (B, G), one time per group of positions,
@@ -301,10 +310,13 @@ class TextDiT(nn.Module):
         with a KV cache, x holds only the positions after the cached ones.
         return_logits (token head): instead, the logits of the target positions, (number of targets,
         vocab) in the order of x[is_target] (what training and guidance read; no softmax), or
-        of the positions head_at (B, T) where given."""
+        of the positions head_at (B, T) where given. x1_prev (B, T, C): the last clean estimate
+        (self_cond; read at the targets, ignored by a DiT without it)."""
         t = t[:, None] if t.dim() == 1 else t  # (B, G)
         h = self.in_proj(x.to(self.in_proj.weight.dtype))  # (B, T, D)
         h = h + self.segment(is_target.long())
+        if self.self_cond is not None and x1_prev is not None:
+            h = h + self.self_cond((x1_prev * is_target[..., None]).to(h.dtype))
         c = self.t_embed(timestep_embedding(t.flatten(), 256)).view(*t.shape, -1)  # (B, G, D)
         h = self.body(h, mask, c, cache, pos, group)
         mods = self.final_adaln(c) if group is None else self.final_adaln(c)[:, group]

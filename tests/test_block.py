@@ -115,6 +115,26 @@ def test_a_block_through_the_kv_cache_is_what_training_computes(vocab_size, guid
     # float32 summed in another order: ~1e-4 of outputs of order 1 (a leak would move them by ~1)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
 
+@pytest.mark.parametrize('vocab_size', [0, 50])
+def test_self_conditioning_reads_the_last_estimate_at_the_targets_only(vocab_size):
+    x, t = torch.randn(2, 10, 4), torch.rand(2)
+    is_target, mask = (torch.arange(10) >= 6).expand(2, -1), torch.ones(2, 10, dtype=torch.bool)
+    estimate, other = torch.randn(2, 10, 4), torch.randn(2, 10, 4)
+    other[:, 6:] = estimate[:, 6:]  # the same at the targets
+    torch.manual_seed(0)
+    config = DiTConfig(latent_channels=4, block_size=16, n_embd=32, n_head=4, n_layer=2,
+                       vocab_size=vocab_size, self_cond=True)
+    new = TextDiT(config)  # until it learns to read it, the estimate changes nothing
+    assert torch.equal(new(x, t, is_target, mask, x1_prev=estimate), new(x, t, is_target, mask))
+    dit = TextDiT(config)
+    for p in [*dit.parameters()] + ([dit.token_latents] if vocab_size else []):
+        torch.nn.init.normal_(p, std=0.3)
+    plain = dit(x, t, is_target, mask)
+    read = dit(x, t, is_target, mask, x1_prev=estimate)
+    assert (read - plain)[:, 6:].abs().amax() > 0.1
+    assert torch.equal(dit(x, t, is_target, mask, x1_prev=other), read)
+    assert torch.equal(dit(x, t, is_target, mask, x1_prev=torch.zeros_like(x)), plain)
+
 def test_block_mode_needs_a_causal_vae_and_ar_weight_needs_block_mode(vae_dir, tiny_data, tmp_path):
     common = [f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt', f'--out_dir={tmp_path}/d']
     one_line_error(run_main('dit_train.py', *common, '--block_len=4', *TINY_DIT),
@@ -132,7 +152,7 @@ def causal_vae_ckpt(vae_dir, tmp_path_factory):
     return str(path)
 
 @pytest.mark.parametrize('args', [['--head=velocity'], ['--head=tokens'],
-                                  ['--head=tokens', '--ar_weight=1.0']])
+                                  ['--head=tokens', '--ar_weight=1.0', '--self_cond=True']])
 def test_block_mode_trains_and_samples_block_by_block(causal_vae_ckpt, tiny_data, tmp_path, args):
     out = f'{tmp_path}/dit'
     log = ok(run_main('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={causal_vae_ckpt}',

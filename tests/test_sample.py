@@ -30,7 +30,7 @@ class GaussianFlow(torch.nn.Module):
 
     forward_with_cfg = TextDiT.forward_with_cfg  # the real guidance
 
-    def forward(self, x, t, is_target, mask):
+    def forward(self, x, t, is_target, mask, x1_prev=None):  # exact: no use for a last estimate
         ctx = (~is_target & mask)[..., None]
         shift = (x * ctx).sum(1, keepdim=True) / ctx.sum(1, keepdim=True).clamp(min=1)
         m, t = self.m + shift, t[:, None, None]
@@ -111,11 +111,25 @@ def test_dpm2m_is_far_closer_to_the_exact_solution_than_euler():
     assert (all(a > b for a, b in zip(dpm, dpm[1:]))
             and all(d < e / 4 for d, e in zip(dpm, euler))), (dpm, euler)
 
+def test_each_solver_step_hands_the_velocity_the_last_clean_estimate():
+    """Self-conditioning's input: step k reads the clean estimate x + (1 - t) v of step k - 1."""
+    handed, estimates = [], []
+    def velocity(x, t, guided, x1_prev):
+        handed.append(x1_prev)
+        v = 2.0 * x.sin() + t  # any field
+        estimates.append(x + (1 - t) * v)
+        return v
+    x = torch.randn(3, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sample.integrate(velocity, x, 6, 1.0, 'logit_normal', 0.0, 1.5, 'dpm2m', 0.0)
+    assert len(handed) == 6 and handed[0] is None
+    for got, want in zip(handed[1:], estimates):
+        torch.testing.assert_close(got, want.float())
+
 class Counted(GaussianFlow):
     """The Gaussian flow that records the batch of every forward."""
     rows = []
 
-    def forward(self, x, t, is_target, mask):
+    def forward(self, x, t, is_target, mask, x1_prev=None):
         self.rows.append(x.size(0))
         return super().forward(x, t, is_target, mask)
 
