@@ -18,16 +18,17 @@ import numpy as np
 import torch
 
 from checkpoint import load_checkpoint, unwrap_state_dict
-from sample import CFG, CFG_UNTIL, SOLVER, STEPS
+from sample import CFG, SOLVER
 
 MODELS = ('textldm', 'gpt', 'gpt2', 'gpt2-medium', 'gpt2-large', 'reference', 'unigram')
 HF_MODELS = {'gpt2': 'openai-community/gpt2', 'gpt2-medium': 'openai-community/gpt2-medium',
              'gpt2-large': 'openai-community/gpt2-large'}  # 137M, 355M, 774M
 
-def load_model(model, out_dir, device, data_dir, steps=STEPS, cfg=CFG, vae_ckpt='', greedy=False,
-               temperature=1.0, top_k=0, top_p=1.0, solver=SOLVER, cfg_until=CFG_UNTIL):
+def load_model(model, out_dir, device, data_dir, steps=None, cfg=CFG, vae_ckpt='', greedy=False,
+               temperature=1.0, top_k=0, top_p=1.0, solver=SOLVER, cfg_until=None):
     """model (one of MODELS) -> (generate or None for 'reference', encode, decode, the model's
-    context in tokens). top_k=0 and top_p=1.0 switch those filters off."""
+    context in tokens). top_k=0 and top_p=1.0 switch those filters off; steps and cfg_until None
+    (textldm): the default of the DiT's layout."""
     if model == 'textldm':
         from sample import LDM, generate
         ldm = LDM(out_dir or 'out/dit_tiny', vae_ckpt or None, device)

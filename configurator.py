@@ -62,6 +62,9 @@ _CHOICES = {
     'solver': ('dpm2m', 'euler'),
     'phase': ('', 'vae', 'dit', 'gpt', 'ldm_sampling', 'gpt_sampling'),  # internal: bench/speed.py
 }
+# options whose default None leaves the value to the script (sample.py: the layout's sampler): a
+# value given has the type of this example
+_TYPED_NONE = {'steps': 10, 'cfg_until': 0.6}
 _BOUNDS = {'>=': 'at least', '>': 'greater than', '<=': 'at most', '<': 'less than'}
 # torch turns a float option into a float32 where it meets a tensor
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -101,6 +104,8 @@ def _typed(key, val, default, where):
         if not vals:
             _fail(f"{where} needs at least one value, like {','.join(map(str, default))}")
         return tuple(_typed(key, v, default[0], f"every value of {where}") for v in vals)
+    if default is None:  # an option left to the script (None) still has a type
+        default = _TYPED_NONE.get(key)
     nan_or_inf = str(val).lower().lstrip('+-') in ('nan', 'inf', 'infinity')
     if isinstance(default, float) and (type(val) is int or nan_or_inf):
         return float(val)

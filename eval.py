@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from baselines import MODELS, hf_load, load_gpt, load_model
-from sample import CFG, CFG_UNTIL, SOLVER, STEPS
+from sample import CFG, SOLVER
 from table import save_run
 
 EMBEDDED = ('wikipedia', 'literary')  # the sources in the data folder's test.jsonl
@@ -317,10 +317,10 @@ if __name__ == '__main__':
     bertscore_model = 'minilm'  # or 'roberta-large' (the usual one)
     # the layer it reads; 0 = bert-score's default for a model it knows (roberta-large: 17)
     bertscore_layers = 4
-    steps = STEPS  # textldm: the solver's steps (sample.py's defaults)
+    steps = None  # textldm: the solver's steps (a block's); None: sample.py's for the DiT's layout
     solver = SOLVER  # textldm: 'dpm2m' or 'euler'
     cfg = CFG  # textldm: guidance scale
-    cfg_until = CFG_UNTIL  # textldm: guidance while t < cfg_until
+    cfg_until = None  # textldm: guidance while t < cfg_until; None: sample.py's for the layout
     greedy = False  # gpt, gpt2*: sampling settings
     temperature = 1.0
     top_k = 0  # 0 = off

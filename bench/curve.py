@@ -31,6 +31,8 @@ curve it is a bound (> or <).
         --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
                                                           # the paper's layout (the old default)
     python bench/curve.py  # these runs at CFG 2 -> bench/results/curve.*
+    python bench/curve.py --steps=4 --solver=dpm2m --cfg_until=0.6 \
+        --dits=out/curve/dit_b4_ar:2@2000 --out_file=bench/results/steps/dpm2m4.json  # a sampler
 
 The judge is ../shared/judge (its README says how it was made): a GPT of seed 4242 trained 4000
 steps, so that points from every session compare.
@@ -125,11 +127,12 @@ def knowledge_share(dit_dir, judge_gpt, num_windows):
                       judge=l_gpt)
     return out
 
-def score_point(model, folder, cfg, ctx):
-    """Every figure of one model (one checkpoint) on every benchmark."""
-    # the paper's sampler
-    gen, encode, _, _ = load_model(model, folder, 'cpu', ctx['data_dir'], 50, cfg, solver='euler',
-                                   cfg_until=1.0)
+def score_point(model, folder, cfg, ctx, sampler=(50, 'euler', 1.0)):
+    """Every figure of one model (one checkpoint) on every benchmark; a DiT's sampler: (steps,
+    solver, guided while t < cfg_until), by default the paper's."""
+    steps, solver, cfg_until = sampler
+    gen, encode, _, _ = load_model(model, folder, 'cpu', ctx['data_dir'], steps, cfg,
+                                   solver=solver, cfg_until=cfg_until)
     res, all_outs = {}, []
     for b in BENCHES:
         s = ctx['samples'][b]
@@ -278,6 +281,8 @@ if __name__ == '__main__':
     examples = 2  # samples shown per model and benchmark, the same prompts for all
     # each run's step time, timed again alone on this machine (0: from the run's own summary.json)
     solo_steps = 50
+    # the DiTs' sampler: by default the paper's, 50 Euler steps guided at every one
+    steps, solver, cfg_until = 50, 'euler', 1.0
     score_only = False  # only score the checkpoints kept so far (while the runs go on), then stop
     out_file = 'bench/results/curve.json'
     exec(open(os.path.join(ROOT, 'configurator.py')).read())
@@ -353,8 +358,11 @@ if __name__ == '__main__':
                   for s, d in pts.items()}
         return {s: k for s, k in shares.items() if k}
 
-    res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}': dict(run=run, points={
-        s: cached(f'dit_{run}_{s}_cfg{cfg:g}', lambda: score_point('textldm', d, cfg, ctx))
+    sampler = (steps, solver, cfg_until)
+    how = '' if sampler == (50, 'euler', 1.0) else f' {solver} {steps} until {cfg_until:g}'
+    res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}{how}': dict(run=run, points={
+        s: cached(f'dit_{run}_{s}_cfg{cfg:g}{how}',
+                  lambda: score_point('textldm', d, cfg, ctx, sampler))
         for s, d in pts.items()},
         knowledge=knowledge(run, pts)) for run, cfg, pts in dit_runs}
     # runs still going: score (and cache) what they have kept so far, write nothing else

@@ -14,8 +14,8 @@ that its peak memory is its own.
                    sample_batch_length new tokens at each of sample_batches, for the TextLDM of each
                    DiT head with sample.py's solver and guidance interval at each k in ks, and with
                    the paper's sampler (Euler, guided at every step, paper_steps), and for the
-                   block-causal token-head DiT of each of block_lens (sample.py's sampler, block
-                   by block through its KV cache) (sampling.md: the table)
+                   block-causal token-head DiT of each of block_lens (sample.py's sampler of a
+                   block, block by block through its KV cache) (sampling.md: the table)
   memory           on CPUs the phase's peak resident set (ru_maxrss, torch included; 'own': less
                    the RSS before the phase), on GPUs torch.cuda.max_memory_allocated
 
@@ -37,7 +37,8 @@ from model import (TextVAE, VAEConfig, TextDiT, DiTConfig, GPT, GPTConfig, encod
                    pack_segments, take_segment, lengths_to_mask, masked_mean, gaussian_kl,
                    num_params)
 from model import flow_time
-from sample import sample_blocks, sample_latents, sampling_autocast, CFG_UNTIL, SOLVER, STEPS
+from sample import (sample_blocks, sample_latents, sampling_autocast, BLOCK_CFG_UNTIL, BLOCK_STEPS,
+                    CFG_UNTIL, SOLVER, STEPS)
 from training import setup, prepare_model
 
 data_dir, out_dir = 'data/embedded', 'bench/results'
@@ -196,7 +197,7 @@ def sampling_phase(which):
                 dit=dit, vae=causal, mean=0.0, std=1.0, times=dict(schedule='logit_normal',
                                                                    mean=0.0, std=1.5),
                 encode=lambda idx, lens: causal.encode(idx, lengths_to_mask(lens, idx.size(1)))[0])
-            ways.append((f'tokens, blocks of {n}', SAMPLERS[0]))
+            ways.append((f'tokens, blocks of {n}', (SOLVER, BLOCK_CFG_UNTIL, BLOCK_STEPS)))
     g = torch.Generator(dev).manual_seed(0)
     @torch.no_grad()
     def sample(name, how, n, B):

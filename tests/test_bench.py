@@ -3,7 +3,7 @@ written), and the math of context_gain.py's yardstick."""
 import json
 
 from conftest import ok, one_line_error, run_main, run_script
-from sample import CFG_UNTIL, SOLVER
+from sample import BLOCK_CFG_UNTIL, BLOCK_STEPS, CFG_UNTIL, SOLVER
 
 def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
     p = run_script('bench/speed.py', '--quick=True', f'--data_dir={tiny_data}',
@@ -28,7 +28,7 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
                for v in lat['batch1_seconds'].values())
     # samples/s at each batch: the GPT in float32 and bf16 (its faster compared), the TextLDM of
     # each head with sample.py's sampler at each k and with the paper's (Euler, guided at every
-    # step), and the block-causal DiT of each block length with sample.py's sampler
+    # step), and the block-causal DiT of each block length with sample.py's sampler of a block
     sps = lat['samples_per_s']
     assert {(r['dtype'], r['batch']) for r in sps['gpt_rows']} == \
         {(d, b) for d in ('float32', 'bfloat16') for b in (1, 2)}
@@ -36,7 +36,8 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
                                       if r['batch'] == b) for b in (1, 2)}
     way = lambda r: (r['model'], r['solver'], r['cfg_until'], r['steps'], r['batch'])
     samplers = [(SOLVER, CFG_UNTIL, 2), (SOLVER, CFG_UNTIL, 3), ('euler', 1.0, 3)]
-    blocks = {(f'tokens, blocks of {n}', *samplers[0], b) for n in (16, 4) for b in (1, 2)}
+    blocks = {(f'tokens, blocks of {n}', SOLVER, BLOCK_CFG_UNTIL, BLOCK_STEPS, b)  # a block's
+              for n in (16, 4) for b in (1, 2)}
     assert {way(r) for r in sps['ldm']} == {(h, *s, b) for h in ('tokens', 'velocity')
                                             for s in samplers for b in (1, 2)} | blocks
     assert all(r['samples_per_s'] > 0
