@@ -454,6 +454,11 @@ class KVCache:
             self.k, self.v = k, v
         return k, v
 
+    def trim(self, n):
+        """Keep the first n positions' keys and values."""
+        if self.k is not None:
+            self.k, self.v = self.k[:, :, :n], self.v[:, :, :n]
+
     def frozen(self, rows=None):
         """A view of the first `rows` rows that reads these keys but keeps nothing new: a DiT's
         noisy block, denoised step by step."""

@@ -10,6 +10,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 from checkpoint import fingerprint, load_checkpoint, load_vae, unwrap_state_dict
 from data import get_tokenizer, load_meta, tokenizer_sha256
@@ -99,34 +100,44 @@ def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_unt
     right-padded prompts of lengths lens (B,) -> the new tokens (B, length). Guidance: null = zero
     clean latents."""
     dit, n, (B, P) = ldm.dit, ldm.dit.config.block_len, idx.shape
-    rows = 2 * B if cfg != 1.0 else B  # [conditional ; null]
+    rows = 2 * B if cfg != 1.0 and cfg_until > 0 else B  # [conditional ; null] if a step is guided
     # left-padded, so that every row's text ends where the next block starts
     seq, real = take_segment(idx, lens - P, P), lengths_to_mask(lens, P).flip(1)
     cache, z = [KVCache() for _ in dit.body.blocks], seq.new_zeros(B, 0, dit.config.latent_channels)
     while seq.size(1) - P < length:
-        # the clean latents of the newest tokens (causal: the earlier ones stay), cached at t = 1
+        # the clean latents of the newest tokens (causal: the earlier ones stay)
         L, new, n_real = seq.size(1), seq.size(1) - z.size(1), real.sum(1)
         z_all = ldm.encode(take_segment(seq, L - n_real, L), n_real)  # right-padded for the encoder
         z = torch.cat([z, take_segment(z_all, n_real - L, L)[:, L - new:]], 1)
-        # a padding query sees itself: with nothing to see, it would be NaN
+        # they enter the cache at t = 1 in the block's first forward, as training's clean stream:
+        # causal (a padding query sees itself: with nothing to see, it would be NaN); the block sees
+        # the real clean latents and itself
         own = (torch.arange(L) == torch.arange(L - new, L)[:, None]).to(real.device)
-        sees = (real[:, None, :] | own) & causal_mask(new, L, real.device)
-        x = torch.cat([z[:, L - new:], torch.zeros_like(z[:, L - new:])])[:rows]
-        clean = torch.zeros_like(x[..., 0], dtype=torch.bool)
-        dit(x, x.new_ones(rows), clean, sees.repeat(rows // B, 1, 1), cache=cache)
-        # the next block: it sees the real clean latents and itself
+        sees_new = (real[:, None, :] | own) & causal_mask(new, L, real.device)
         sees = torch.cat([real, real.new_ones(B, n)], 1)[:, None, :]
+        first = torch.cat([F.pad(sees_new, (0, n)), sees.expand(-1, n, -1)], 1)
+        fresh = torch.cat([z[:, L - new:], torch.zeros_like(z[:, L - new:])])[:rows]  # null: zeros
+        group = (torch.arange(new + n, device=seq.device) >= new).long()  # 0: clean, 1: the block
 
         def velocity(x, t, guided, x1_prev):
             m = 2 if guided else 1
-            x, t = torch.cat([x] * m).float(), x.new_full((m * B,), t, dtype=torch.float32)
-            is_target = torch.ones_like(x[..., 0], dtype=torch.bool)
+            x, t = torch.cat([x] * m).float(), x.new_full((m * B, 1), t, dtype=torch.float32)
             x1_prev = None if x1_prev is None else torch.cat([x1_prev] * m)
-            view = [c.frozen(m * B) for c in cache]
+            if len(cache[0]) < L:  # the first step (of m * B = rows rows)
+                x, t, mask = torch.cat([fresh, x], 1), torch.cat([torch.ones_like(t), t], 1), first
+                layout = dict(cache=cache, group=group)
+            else:
+                mask, layout = sees, dict(cache=[c.frozen(m * B) for c in cache])
+            is_target = torch.ones_like(x[..., 0], dtype=torch.bool)
+            is_target[:, :x.size(1) - n] = False
             if guided:
-                return dit.forward_with_cfg(x, t, is_target, sees.repeat(2, 1, 1), cfg, cache=view,
-                                            x1_prev=x1_prev)
-            return dit(x, t, is_target, sees, cache=view, x1_prev=x1_prev)
+                v = dit.forward_with_cfg(x, t, is_target, mask.repeat(2, 1, 1), cfg,
+                                         x1_prev=x1_prev, **layout)
+            else:
+                v = dit(x, t, is_target, mask, x1_prev=x1_prev, **layout)
+            for c in cache:  # keep the clean latents' keys, not the block's
+                c.trim(L)
+            return v[:, -n:]
 
         x = torch.randn(B, n, z.size(2), generator=generator, device=seq.device,
                         dtype=torch.float64)

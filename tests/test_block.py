@@ -2,12 +2,15 @@
 before it. No block may read the future in training, and sampling block by block through a KV cache
 must compute what training's one forward computes."""
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import TINY_DIT, ok, one_line_error, run_main
-from model import KVCache, DiTConfig, TextDiT, TextVAE, VAEConfig, block_layout, causal_mask
+from model import (KVCache, DiTConfig, TextDiT, TextVAE, VAEConfig, block_layout, causal_mask,
+                   lengths_to_mask)
+from sample import integrate, sample_blocks
 
 def random_dit(block_len, vocab_size=0, C=4, seed=0):
     """A tiny block-causal DiT, every weight random: adaLN-Zero's zero gates would hide a leak."""
@@ -78,9 +81,11 @@ def test_a_causal_encoder_ignores_padding_and_the_future():
 @pytest.mark.parametrize('vocab_size', [0, 50])
 @pytest.mark.parametrize('guided', [False, True])
 def test_a_block_through_the_kv_cache_is_what_training_computes(vocab_size, guided):
-    """The sampler's path (the clean prefix into a KV cache in two chunks, then the noisy block
-    reading a frozen view of it) against training's one forward over [clean ; noisy] (block_layout
-    with a block edge where the prefix ends); guided: rows [prefix ; zero prefix] in one forward."""
+    """The sampler's path against training's one forward over [clean ; noisy] (block_layout with a
+    block edge where the prefix ends); guided: rows [prefix ; zero prefix] in one forward. The
+    sampler's path: the prompt into a KV cache; then the block's first step, which reads the
+    clean latents written since (a block decoded) beside the block and keeps only theirs in the
+    cache; then the block's other steps through a frozen view of it."""
     dit, n, P, B = random_dit(block_len=4, vocab_size=vocab_size), 4, 7, 3
     clean, x, t = torch.randn(B, P, 4), torch.randn(B, n, 4), 0.3
     T = P + n
@@ -94,26 +99,79 @@ def test_a_block_through_the_kv_cache_is_what_training_computes(vocab_size, guid
                   return_logits=logits)
         return out.view(B, T, -1)[:, -n:] if logits else out[:, -n:]
 
-    rows = torch.cat([clean, torch.zeros_like(clean)]) if guided else clean
-    cache = [KVCache() for _ in dit.body.blocks]
-    for a, b in [(0, 5), (5, P)]:  # the prompt, then a block written after it
-        dit(rows[:, a:b], torch.ones(len(rows)), torch.zeros(len(rows), b - a, dtype=torch.bool),
-            causal_mask(b - a, b, 'cpu').expand(len(rows), -1, -1), cache=cache)
-    assert len(cache[0]) == P
-    view, sees = [c.frozen() for c in cache], torch.ones(len(rows), 1, P + n, dtype=torch.bool)
-    is_target, t_rows = torch.ones(len(rows), n, dtype=torch.bool), torch.full((len(rows),), t)
     if not guided:
-        want, got = training_forward(clean), dit(x, t_rows, is_target, sees, cache=view)
+        want = training_forward(clean)
     else:  # the velocity head guides its velocity, the token head its logits
         cond, null = (training_forward(c, vocab_size > 0) for c in (clean, torch.zeros_like(clean)))
         want = torch.lerp(null, cond, 2.0)
         if vocab_size:
             want = dit.velocity_from_logits(want.flatten(0, 1), x, torch.full((B, 1), t),
-                                            is_target[:B])
-        got = dit.forward_with_cfg(torch.cat([x, x]), t_rows, is_target, sees, 2.0, cache=view)
+                                            torch.ones(B, n, dtype=torch.bool))
+
+    def step(x, t, is_target, sees, **layout):  # x: every row, [conditional ; null] if guided
+        if guided:
+            return dit.forward_with_cfg(x, t, is_target, sees, 2.0, **layout)
+        return dit(x, t, is_target, sees, **layout)
+
+    rows = torch.cat([clean, torch.zeros_like(clean)]) if guided else clean
+    R, new, xs = len(rows), P - 5, torch.cat([x] * (2 if guided else 1))
+    cache = [KVCache() for _ in dit.body.blocks]  # the prompt: 5 latents; then a block of 2 decoded
+    dit(rows[:, :5], torch.ones(R), torch.zeros(R, 5, dtype=torch.bool),
+        causal_mask(5, 5, 'cpu').expand(R, -1, -1), cache=cache)
+    # the first step: [the new clean latents ; the block], at t = 1 and t
+    sees_first = torch.cat([torch.cat([causal_mask(new, P, 'cpu'), torch.zeros(new, n).bool()], 1),
+                            torch.ones(n, P + n, dtype=torch.bool)]).expand(R, -1, -1)
+    in_block = (torch.arange(new + n) >= new).long()
+    first = step(torch.cat([rows[:, 5:], xs], 1), torch.tensor([[1.0, t]]).expand(R, -1),
+                 in_block.bool().expand(R, -1), sees_first, cache=cache, group=in_block)
+    for c in cache:
+        c.trim(P)
+    assert len(cache[0]) == P
+    view, sees = [c.frozen() for c in cache], torch.ones(R, 1, P + n, dtype=torch.bool)
+    later = step(xs, torch.full((R,), t), torch.ones(R, n, dtype=torch.bool), sees, cache=view)
     assert len(cache[0]) == P  # a frozen view keeps nothing
     # float32 summed in another order: ~1e-4 of outputs of order 1 (a leak would move them by ~1)
-    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(later, want, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(first[:, -n:], want, atol=2e-3, rtol=2e-3)
+
+def reference_blocks(ldm, prompt, length, steps, cfg, cfg_until, generator):
+    """sample.sample_blocks for one prompt without a KV cache: each step of a block one forward over
+    [all its clean latents ; the block], as training's layout reads them."""
+    dit, n, seq = ldm.dit, ldm.dit.config.block_len, prompt
+    while len(seq) - len(prompt) < length:
+        L = len(seq)
+        z = ldm.encode(seq[None], torch.tensor([L]))
+        group = (torch.arange(L + n) >= L).long()  # 0: clean (causal), 1: the block (sees all)
+        mask = torch.cat([torch.cat([causal_mask(L, L, 'cpu'), torch.zeros(L, n).bool()], 1),
+                          torch.ones(n, L + n, dtype=torch.bool)])
+
+        def velocity(x, t, guided, x1_prev):
+            rows = torch.cat([z, torch.zeros_like(z)]) if guided else z
+            R = len(rows)
+            x = torch.cat([rows, torch.cat([x.float()] * R)], 1)
+            args = (x, torch.tensor([[1.0, t]]).expand(R, -1), group.bool().expand(R, -1),
+                    mask.expand(R, -1, -1))
+            v = dit.forward_with_cfg(*args, cfg, group=group) if guided else dit(*args, group=group)
+            return v[:, -n:]
+
+        x = torch.randn(1, n, z.size(2), generator=generator, dtype=torch.float64)
+        x = integrate(velocity, x, steps, cfg, **ldm.times, solver='dpm2m', cfg_until=cfg_until)
+        logits = ldm.vae.decode(torch.cat([z, x], 1), last=n)
+        seq = torch.cat([seq, logits[0].argmax(-1)])
+    return seq[len(prompt):len(prompt) + length]
+
+@pytest.mark.parametrize('cfg', [1.0, 3.0])
+def test_block_sampling_through_the_cache_writes_what_the_cache_free_reference_writes(cfg):
+    vae, dit = causal_vae(), random_dit(block_len=4, vocab_size=50)
+    encode = lambda idx, lens: vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0]
+    ldm = SimpleNamespace(dit=dit, vae=vae, mean=0.0, std=1.0, encode=encode,
+                          times=dict(schedule='logit_normal', mean=0.0, std=1.5))
+    prompt = torch.tensor([3, 14, 15, 9, 26])
+    with torch.no_grad():
+        want = reference_blocks(ldm, prompt, 10, 3, cfg, 0.5, torch.Generator().manual_seed(0))
+    got = sample_blocks(ldm, prompt[None], torch.tensor([5]), 10, 3, cfg,
+                        torch.Generator().manual_seed(0), 'dpm2m', 0.5)
+    assert got[0].tolist() == want.tolist()
 
 @pytest.mark.parametrize('vocab_size', [0, 50])
 def test_self_conditioning_reads_the_last_estimate_at_the_targets_only(vocab_size):
