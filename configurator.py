@@ -30,7 +30,7 @@ from ast import literal_eval
 _RANGES = {
     **dict.fromkeys(['gradient_accumulation_steps', 'min_len', 'eval_interval', 'eval_iters',
                      'log_interval', 'stats_batches', 'min_tokens', 'owt_val_docs', 'owt_test_docs',
-                     'num_proc', 'iters', 'repeats', 'mauve_draws'], '>= 1'),
+                     'num_proc', 'iters', 'repeats', 'mauve_draws', 'warp_interval'], '>= 1'),
     **dict.fromkeys(['batch_size', 'sample_batches', 'num_samples', 'num_windows', 'n_head',
                      'n_layer', 'n_enc_layer', 'n_dec_layer', 'steps', 'ks', 'ref_steps',
                      'paper_steps'], '>= 1, <= 10000'),
@@ -58,7 +58,7 @@ _CHOICES = {
     'dtype': ('float32', 'bfloat16'),
     'backend': ('auto', 'nccl', 'gloo'),
     **dict.fromkeys(['head', 'heads'], ('velocity', 'tokens')),
-    't_schedule': ('logit_normal', 'uniform'),
+    't_schedule': ('logit_normal', 'uniform', 'learned'),
     'solver': ('dpm2m', 'euler'),
     'phase': ('', 'vae', 'dit', 'gpt', 'ldm_sampling', 'gpt_sampling'),  # internal: bench/speed.py
 }

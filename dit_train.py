@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from checkpoint import save_checkpoint, load_checkpoint, load_vae, fingerprint
 from data import TokenData, load_meta, tokenizer_sha256
-from model import (TextDiT, DiTConfig, flow_time, token_latent_means, encode_segments,
-                   pack_segments, block_layout, lengths_to_mask, flops_per_token, peak_flops)
+from model import (TextDiT, DiTConfig, flow_time, fit_time_cdf, token_latent_means,
+                   encode_segments, pack_segments, block_layout, lengths_to_mask, flops_per_token,
+                   peak_flops)
 from training import (setup, prepare_model, get_lr, parse_keep_steps, micro_batch_rng,
                       sum_over_ranks, check_finite, Meter, write_summary)
 
@@ -64,7 +65,12 @@ ar_weight = 0.0
 # own clean estimate from a first forward without gradients, as the sampler gives it the last step's
 self_cond = False
 # flow matching
-t_schedule = 'logit_normal'  # or 'uniform'
+# t_schedule: 'logit_normal', 'uniform' or 'learned': information-uniform (CDCD's time warping,
+# LangFlow): t where the loss still falls, each stretch of time in proportion to the loss the model
+# resolves across it (model.fit_time_cdf), refitted every warp_interval steps from a running mean
+# of the loss by t; it starts as logit_normal(t_mean, t_std), and the sampler steps on it too
+t_schedule = 'logit_normal'
+warp_interval = 50
 t_mean = 0.0
 t_std = 1.5
 # model
@@ -157,7 +163,20 @@ model, raw_model, optimizer = prepare_model(dit, ckpt, env, compile, weight_deca
 ema = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay > 0 else None
 if ema is not None and ckpt and ckpt['ema'] is not None:
     ema.load_state_dict(ckpt['ema'])
+# the learned schedule: the loss by t (WARP_BINS bins, a running mean) and the CDF fitted to it,
+# first the logit-normal's
+WARP_BINS = 50
+time_cdf = loss_by_t = None
+if t_schedule == 'learned':
+    edges = torch.linspace(0, 1, WARP_BINS + 1)
+    time_cdf = torch.special.ndtr((torch.logit(edges) - t_mean) / t_std)
+    loss_by_t = torch.full((WARP_BINS,), float('nan'))
+    if ckpt and ckpt.get('time_warp'):
+        time_cdf, loss_by_t = ckpt['time_warp']['cdf'], ckpt['time_warp']['loss_by_t']
 ckpt = None  # free memory
+
+# -----------------------------------------------------------------------------
+# a batch and its flow-matching loss, in either layout
 
 def get_batch(data, rng):
     """Windows, their context lengths (0 = unconditional) and which contexts are dropped for CFG."""
@@ -179,7 +198,7 @@ def paper_inputs(idx, lens, ctx_lens, drop, generator):
     zc, x1 = (zc - lat_mean) / lat_std, (x1 - lat_mean) / lat_std
     zc = zc * (~drop)[:, None, None]  # the null condition: zero context vectors
     q = torch.rand(idx.size(0), generator=generator, device=device)
-    t = flow_time(q, t_schedule, t_mean, t_std)
+    t = flow_time(q, t_schedule, t_mean, t_std, time_cdf)
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     xt = t[:, None, None] * x1 + (1 - t[:, None, None]) * x0
     x, is_target, mask = pack_segments(zc, ctx_lens, xt, tgt_lens)
@@ -196,7 +215,7 @@ def block_inputs(idx, lens, drop, generator):
     pos, is_noisy, group, layout = block_layout(T, block_len, offset, device)
     n_blocks = int(group[-1])
     q = torch.rand(B, n_blocks if t_per_block else 1, generator=generator, device=device)
-    t = flow_time(q, t_schedule, t_mean, t_std).expand(B, n_blocks)
+    t = flow_time(q, t_schedule, t_mean, t_std, time_cdf).expand(B, n_blocks)
     t_noisy = t[:, group[T:] - 1, None]  # (B, T, 1)
     x0 = torch.randn(x1.shape, generator=generator, device=device)
     x = torch.cat([x1 * (~drop)[:, None, None], t_noisy * x1 + (1 - t_noisy) * x0], 1)
@@ -236,8 +255,6 @@ def flow_loss(net, batch, generator=None):
     loss = per_latent.mean() + (ar_weight * ar if ar_weight else 0.0)
     return loss, per_latent, t[is_target]
 
-T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-
 @torch.no_grad()
 def evaluate():
     """Val loss of the model (and of the EMA), overall and binned by t, on fixed batches, noise."""
@@ -258,10 +275,21 @@ def evaluate():
                                else float('nan') for b in range(len(T_BINS) - 1)]
     return out
 
+def track_loss_by_t(per_latent, t, rate=0.05):
+    """The learned schedule's input: the running mean of the loss in each bin of t. Each rank keeps
+    its own (their data is alike)."""
+    bins = (t.float() * WARP_BINS).long().clamp(0, WARP_BINS - 1).cpu()
+    n = torch.bincount(bins, minlength=WARP_BINS)
+    mean = torch.bincount(bins, per_latent.detach().float().cpu(), WARP_BINS) / n.clamp(min=1)
+    first, seen = loss_by_t.isnan() & (n > 0), ~loss_by_t.isnan() & (n > 0)
+    loss_by_t[first] = mean[first]
+    loss_by_t[seen] = loss_by_t[seen].lerp(mean[seen], rate)
+
 def checkpoint(best_val, folder):
     ckpt = dict(kind='dit', model=raw_model.state_dict(),
                 ema=ema.state_dict() if ema is not None else None, optimizer=optimizer.state_dict(),
                 model_args=model_args, iter_num=iter_num, best_val_loss=best_val, config=config,
+                time_warp=dict(cdf=time_cdf, loss_by_t=loss_by_t) if time_cdf is not None else None,
                 vae_fingerprint=fingerprint(vae.state_dict()),
                 tokenizer_sha256=tokenizer_sha256(meta))
     save_checkpoint(ckpt, os.path.join(folder, 'ckpt.pt'))
@@ -271,7 +299,8 @@ def checkpoint(best_val, folder):
 if master:
     os.makedirs(out_dir, exist_ok=True)
     n_params = sum(p.numel() for p in raw_model.parameters())
-    times = f"{t_schedule}({t_mean}, {t_std})" if t_schedule == 'logit_normal' else "uniform"
+    times = {'logit_normal': f"logit_normal({t_mean}, {t_std})", 'uniform': 'uniform',
+             'learned': f"learned, from logit_normal({t_mean}, {t_std})"}[t_schedule]
     print(f"TextDiT: {n_params / 1e6:.2f}M parameters on C={C} latents, t ~ {times}, global batch "
           f"{batch_size} x {gradient_accumulation_steps} micro-steps x {env['world']} ranks")
 n_streams = 2 if block_len else 1  # the block-causal layout reads every latent twice
@@ -279,6 +308,7 @@ flops = n_streams * flops_per_token(raw_model, n_streams * block_size, n_layer, 
 meter = Meter(flops, peak_flops(env['device_type'], peak_tflops), env['world'])
 t_start = time.time()
 best_val = float('inf')
+T_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # the val loss is logged by t in these bins
 bin_names = ' '.join(f'{a:.1f}-{b:.1f}' for a, b in zip(T_BINS, T_BINS[1:]))
 while True:
     lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
@@ -295,6 +325,10 @@ while True:
                   + (f" ema {ev['ema']:.4f}" if ema is not None else "")
                   + f" | {key} by t [{bin_names}]: "
                   + ' '.join(f'{x:.3f}' for x in ev[key + '_by_t'])
+                  + (" | learned t quartiles " + ' '.join(
+                      f'{x:.2f}' for x in flow_time(torch.tensor([0.25, 0.5, 0.75]), 'learned',
+                                                    cdf=time_cdf).tolist())
+                     if time_cdf is not None else '')
                   + f" [{(time.time() - t_start) / 60:.1f} min]")
             best_val = min(best_val, ev[key])
             if iter_num > 0:
@@ -311,7 +345,9 @@ while True:
         place = env['rank'] * gradient_accumulation_steps + micro_step
         rng = micro_batch_rng(seed, place, iter_num)
         batch = get_batch(train_data, rng)
-        loss, _, _ = flow_loss(model, batch)
+        loss, per_latent, t = flow_loss(model, batch)
+        if time_cdf is not None:
+            track_loss_by_t(per_latent, t)
         # every micro-batch weighs the same (so does every rank's under DDP), whatever its targets
         (loss / gradient_accumulation_steps).backward()
         loss_sum, tokens = loss_sum + loss.detach(), tokens + batch[1].sum()
@@ -330,6 +366,8 @@ while True:
     check_finite(lossf, 'loss', iter_num, out_dir)
     dt, tps, mfu = meter.lap(sums['tokens'])
     iter_num += 1
+    if time_cdf is not None and iter_num % warp_interval == 0:
+        time_cdf = fit_time_cdf(loss_by_t)
     if iter_num % log_interval == 0 and master:
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tps:,.0f} tok/s"
               + (f", mfu {mfu:.2%}" if mfu is not None else ""))

@@ -229,13 +229,36 @@ def gaussian_kl(mu, logvar):
 # and the DiT predicts its velocity dx_t/dt = x1 - x0 (rectified flow). Training and sampling share
 # one time distribution: training draws t from it, the sampler steps through its quantiles.
 
-def flow_time(q, schedule='logit_normal', mean=0.0, std=1.5):
+def flow_time(q, schedule='logit_normal', mean=0.0, std=1.5, cdf=None):
     """The time distribution by its quantile function: q in [0, 1] -> t in [0, 1]. logit_normal
     (SD3, the paper's std 1.5): t = sigmoid(mean + std * z), z ~ N(0, 1), most steps at mid t;
-    uniform: t = q."""
+    uniform: t = q; learned: the inverse of cdf (K + 1,), the CDF at K + 1 evenly spaced times
+    (fit_time_cdf), linear between them."""
     if schedule == 'uniform':
         return q
+    if schedule == 'learned':
+        cdf = cdf.to(q.device, q.dtype)
+        k = torch.searchsorted(cdf, q.contiguous()).clamp(1, len(cdf) - 1)
+        lo, hi = cdf[k - 1], cdf[k]
+        return (k - 1 + (q - lo) / (hi - lo).clamp(min=1e-12)) / (len(cdf) - 1)
     return torch.sigmoid(mean + std * torch.special.ndtri(q))
+
+def fit_time_cdf(loss_by_t, floor=0.1):
+    """The information-uniform time distribution (CDCD's time warping; LangFlow's schedule) from the
+    loss in K bins of t: each bin's density in proportion to the loss the model resolves across it
+    (the loss falls from noise to data: its running minimum, central differences); a floor share
+    spread evenly so that no time goes untrained -> the CDF at the K + 1 bin edges. A bin not yet
+    seen (nan) has the loss of the last one seen before it."""
+    loss = loss_by_t.float()
+    top = loss.nan_to_num(nan=-math.inf).max()
+    falls = torch.cummin(loss.nan_to_num(nan=math.inf), 0).values.clamp(max=top).nan_to_num(0.0)
+    edges = torch.cat([falls[:1], falls, falls[-1:]])
+    resolved = (edges[:-2] - edges[2:]).clamp(min=0)
+    even = torch.full_like(resolved, 1 / len(falls))
+    share = resolved / resolved.sum() if resolved.sum() > 0 else even
+    cdf = torch.cat([even.new_zeros(1), ((1 - floor) * share + floor * even).cumsum(0)])
+    cdf[-1] = 1.0  # not 1 - 1e-7: every q <= 1 has its time
+    return cdf
 
 @dataclass
 class DiTConfig:

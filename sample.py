@@ -38,7 +38,7 @@ def sampling_autocast(device_type, bf16, latents):
     big = device_type != 'cpu' or latents >= CPU_BF16_MIN_LATENTS
     return torch.autocast(device_type, torch.bfloat16, enabled=bf16 and big)
 
-def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
+def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until, cdf=None):
     """Integrate dx/dt = velocity(x, t, guided) from x ~ N(0, I) at t = 0 to data at t = 1, at
     evenly spaced quantiles of the training's time distribution (CDCD: step where training put its
     effort); guided while t < cfg_until. Each step moves x to t' along its clean estimate
@@ -47,7 +47,7 @@ def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
     forward a step. velocity also gets the last step's clean estimate (None at the first), which a
     self-conditioned DiT reads."""
     q = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    ts = flow_time(q, schedule, mean, std).tolist()
+    ts = flow_time(q, schedule, mean, std, cdf).tolist()
     lam = [math.log(t / (1 - t)) if 0 < t < 1 else None for t in ts]  # log SNR, None at the ends
     last = None  # the previous step's (x1, guided)
     for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
@@ -66,7 +66,7 @@ def integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until):
 
 @torch.no_grad()
 def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule='logit_normal',
-                   mean=0.0, std=1.5, generator=None, solver=SOLVER, cfg_until=CFG_UNTIL):
+                   mean=0.0, std=1.5, generator=None, solver=SOLVER, cfg_until=CFG_UNTIL, cdf=None):
     """The paper's layout: the whole target at once after its context. ctx (B, Tc, C) normalised
     context latents (Tc may be 0), ctx_lens/tgt_lens (B,) -> target latents (B, Tt, C). A guided
     step is one forward of 2B rows [conditional ; null], null = zero context; the others, of B."""
@@ -90,7 +90,7 @@ def sample_latents(dit, ctx, ctx_lens, tgt_lens, steps=STEPS, cfg=CFG, schedule=
     x = torch.randn(B, Tt, C, generator=generator, device=ctx.device, dtype=torch.float64)
     has_ctx = bool((ctx_lens > 0).any())  # else there is nothing to guide by
     cfg_until = cfg_until if has_ctx else 0
-    return integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until)
+    return integrate(velocity, x, steps, cfg, schedule, mean, std, solver, cfg_until, cdf)
 
 @torch.no_grad()
 def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_until):
@@ -210,7 +210,8 @@ class LDM:
         self.dit.load_state_dict(unwrap_state_dict(ckpt['ema'] or ckpt['model']))
         self.dit.to(device).eval().requires_grad_(False)
         self.mean, self.std = vae_ck['latent_mean'].to(device), vae_ck['latent_std'].to(device)
-        self.times = dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'])
+        self.times = dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'],
+                          cdf=(ckpt.get('time_warp') or {}).get('cdf'))  # a learned schedule's
         self.device = device
         # context + new tokens
         self.longest = min(self.dit.config.block_size, self.vae.config.block_size)

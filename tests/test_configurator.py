@@ -101,7 +101,7 @@ def test_mistakes_in_the_space_form_get_the_same_lines(monkeypatch):
       for s in ['vae_train.py', 'dit_train.py', 'ar_train.py']],
     ('dit_train.py', '--head=logits', "head must be one of velocity, tokens, got 'logits'"),
     ('dit_train.py', '--t_schedule=cosine',
-     "t_schedule must be one of logit_normal, uniform, got 'cosine'"),
+     "t_schedule must be one of logit_normal, uniform, learned, got 'cosine'"),
     ('vae_train.py', '--init_from=resum', "init_from must be one of scratch, resume, got 'resum'"),
     ('ar_train.py', '--backend=mpi', "backend must be one of auto, nccl, gloo, got 'mpi'"),
     ('ar_train.py', '--device=cuda:x', "device 'cuda:x' is not one of cpu, cuda, cuda:N"),

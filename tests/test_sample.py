@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from baselines import load_model
-from conftest import README_SAMPLE, TEXT, ok, one_line_error, readme_commands, run_main, run_script
-from model import TextDiT, flow_time, pack_segments, take_segment
+from conftest import README_SAMPLE, TEXT, TINY_DIT, ok, one_line_error, readme_commands, run_main, run_script
+from model import TextDiT, fit_time_cdf, flow_time, pack_segments, take_segment
 import sample
 from sample import LDM, generate, sample_latents
 
@@ -59,6 +59,39 @@ def test_training_timesteps_are_logit_normal():
     assert abs(logit.mean().item() - 0.5) < 0.02 and abs(logit.std().item() - 1.5) < 0.02
     u = flow_time(torch.rand(200000, generator=torch.Generator().manual_seed(0)), 'uniform')
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+
+def test_the_learned_schedule_puts_time_where_the_loss_falls():
+    """Information-uniform: each bin of t gets a share of the draws in proportion to the loss
+    resolved across it (central differences of the running minimum), plus an even floor."""
+    loss = torch.tensor([6.0, 5.9, 5.0, 3.0, 1.0, 0.2, 0.3, 0.1, 0.1, 0.1])  # 0.3: noise
+    cdf = fit_time_cdf(loss, floor=0.1)
+    assert cdf[0] == 0 and cdf[-1] == 1 and (cdf.diff() > 0).all()
+    falls = torch.tensor([6.0, 6.0, 5.9, 5.0, 3.0, 1.0, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1])
+    want = 0.9 * (falls[:-2] - falls[2:]) / (falls[:-2] - falls[2:]).sum() + 0.01
+    torch.testing.assert_close(cdf.diff(), want)
+    t = flow_time(torch.rand(400000, generator=torch.Generator().manual_seed(0)), 'learned',
+                  cdf=cdf)
+    share = torch.histogram(t, bins=10, range=(0.0, 1.0))[0] / len(t)
+    assert (share - want).abs().max() < 0.004
+    q = torch.linspace(0, 1, 11, dtype=torch.float64)  # the sampler's grid: from 0 to 1, monotone
+    ts = flow_time(q, 'learned', cdf=cdf)
+    assert ts[0] == 0 and ts[-1] == 1 and (ts.diff() > 0).all()
+    assert torch.equal(fit_time_cdf(torch.ones(4)), torch.linspace(0, 1, 5))  # flat: uniform
+    # a bin not yet seen has the loss of the last one seen before it (the first: the highest)
+    gaps = fit_time_cdf(torch.tensor([math.nan, 4.0, math.nan, 2.0, 2.0]), floor=0.0).diff()
+    torch.testing.assert_close(gaps, torch.tensor([0.0, 0.0, 0.5, 0.5, 0.0]))
+
+def test_a_learned_schedule_trains_and_the_sampler_steps_on_it(vae_dir, tiny_data, tmp_path):
+    out = tmp_path / 'dit'
+    ok(run_main('dit_train.py', f'--data_dir={tiny_data}', f'--vae_ckpt={vae_dir}/ckpt.pt',
+                f'--out_dir={out}', '--t_schedule=learned', '--warp_interval=5', '--max_iters=20',
+                '--eval_interval=10', '--head=tokens', *TINY_DIT))
+    warp = torch.load(out / 'ckpt.pt', weights_only=True)['time_warp']
+    assert (~warp['loss_by_t'].isnan()).sum() > 10  # the bins of t seen in 20 steps
+    torch.testing.assert_close(warp['cdf'], fit_time_cdf(warp['loss_by_t']))  # the last refit
+    ldm = LDM(str(out))
+    assert torch.equal(ldm.times['cdf'], warp['cdf'])
+    assert len(generate(ldm, ['the river'], 4, steps=3)[0]) > 0
 
 def test_sampler_lands_on_the_gaussian_data_distribution():
     flow = GaussianFlow(m=2.0, s=0.5, channels=4)
@@ -170,7 +203,8 @@ def test_ldm_loads_what_the_dit_was_trained_with(ldm, dit_dir, vae_dir, tiny_dat
     ckpt = torch.load(f'{dit_dir}/ckpt.pt', weights_only=True)
     vae_ck = torch.load(f'{vae_dir}/ckpt.pt', weights_only=True)
     run = ckpt['config']
-    assert ldm.times == dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'])
+    assert ldm.times == dict(schedule=run['t_schedule'], mean=run['t_mean'], std=run['t_std'],
+                             cdf=None)  # no learned schedule
     assert (torch.equal(ldm.mean, vae_ck['latent_mean'])
             and torch.equal(ldm.std, vae_ck['latent_std']))
     assert ldm.longest == 64 and ldm.data_dir == tiny_data and not ldm.bf16  # trained in float32
