@@ -182,8 +182,9 @@ def gaps(gpt, dit_points):
 
 def solo_step_ms(folder, kind, steps):
     """A run's median training step in ms, timed again for `steps` steps in a fresh process with its
-    script and config (from its checkpoint): run this script alone on the machine. steps=0: the
-    run's own median (summary.json), which is solo only if the run had the machine to itself."""
+    script and config (from its checkpoint), once (out/curve/timing/<run>/): run this script alone
+    on the machine. steps=0: the run's own median (summary.json), which is solo only if the run had
+    the machine to itself."""
     if steps == 0:
         with open(os.path.join(folder, 'summary.json')) as f:
             return json.load(f)['median_step_ms']
@@ -191,12 +192,18 @@ def solo_step_ms(folder, kind, steps):
     cfg = dict(ckpt['config'], out_dir=os.path.join('out/curve/timing', os.path.basename(folder)),
                max_iters=steps, keep_steps='', eval_interval=steps, eval_iters=1,
                init_from='scratch')
+    summary = os.path.join(ROOT, cfg['out_dir'], 'summary.json')
+    if os.path.exists(summary):  # timed before, as many steps: each sampler's table reuses it
+        with open(summary) as f:
+            timed = json.load(f)
+        if timed['iters'] == steps:
+            return timed['median_step_ms']
     script = {'gpt': 'ar_train.py', 'dit': 'dit_train.py'}[kind]
     proc = subprocess.run([sys.executable, script, *(f'--{k}={v}' for k, v in cfg.items())],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"error: timing {folder} failed: {proc.stderr.strip().splitlines()[-1]}")
-    with open(os.path.join(ROOT, cfg['out_dir'], 'summary.json')) as f:
+    with open(summary) as f:
         return json.load(f)['median_step_ms']
 
 def figure(res, path):

@@ -71,3 +71,21 @@ def test_a_bad_dit_run_is_one_line_and_creates_nothing(tmp_path, dits, message):
                    f'--out_file={tmp_path}/out/curve.json')
     one_line_error(p, message.format(run=run))
     assert os.listdir(tmp_path) == ['run']
+
+def test_a_run_timed_alone_once_is_not_timed_again(gpt_dir):
+    """solo_step_ms keeps each run's timing (out/curve/timing/<run>/): a table of another sampler
+    reads it again instead of training again; another number of steps is timed anew."""
+    import json
+    import shutil
+    timing = os.path.join(ROOT, 'out/curve/timing', os.path.basename(gpt_dir))
+    os.makedirs(timing, exist_ok=True)
+    try:
+        with open(os.path.join(timing, 'summary.json'), 'w') as f:
+            json.dump(dict(iters=3, median_step_ms=123.0), f)
+        assert curve.solo_step_ms(gpt_dir, 'gpt', 3) == 123.0
+        fresh = curve.solo_step_ms(gpt_dir, 'gpt', 2)
+        assert fresh != 123.0 and fresh > 0
+        with open(os.path.join(timing, 'summary.json')) as f:
+            assert json.load(f)['iters'] == 2
+    finally:
+        shutil.rmtree(timing)
