@@ -21,11 +21,19 @@ curve it is a bound (> or <).
     python prepare_data.py && python vae_train.py config/vae_tiny.py  # the causal VAE
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=1000 \
         --keep_steps=60,125,250,500,1000
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default: 500 to 4000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py \
+        --out_dir=out/curve/dit_b4_learned                # the default: 500 to 4000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
+        --out_dir=out/curve/dit_b4_ar                     # the paper's time distribution
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
+        --self_cond=True --out_dir=out/curve/dit_b4_sc    # with self-conditioning
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
+        --ar_weight=4 --out_dir=out/curve/dit_b4_ar4      # a 4x heavier next-token loss
+        # (a lever first goes to 1000 steps on the same schedule: --max_iters=1000 --lr_decay_iters=4000)
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
-        --out_dir=out/curve/dit_b4                        # the same without the next-token loss
+        --t_schedule=logit_normal --out_dir=out/curve/dit_b4  # no next-token loss
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
-        --block_len=16 --out_dir=out/curve/dit_b16        # blocks of 16
+        --t_schedule=logit_normal --block_len=16 --out_dir=out/curve/dit_b16  # blocks of 16
     python vae_train.py config/vae_tiny.py --causal_encoder=False --out_dir=out/vae_bidir
     python dit_train.py config/dit_tiny.py --block_len=0 --ar_weight=0 --max_iters=1000 \
         --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
@@ -278,7 +286,8 @@ def markdown(res):
 if __name__ == '__main__':
     gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
     # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
-    dits = ('out/curve/dit_b4_ar:2,out/curve/dit_b4:2@1000,out/curve/dit_b16:2@1000,'
+    dits = ('out/curve/dit_b4_learned:2,out/curve/dit_b4_ar:2,out/curve/dit_b4_sc:2,'
+            'out/curve/dit_b4_ar4:2@1000,out/curve/dit_b4:2@1000,out/curve/dit_b16:2@1000,'
             'out/curve/dit_paper:2@1000')
     judge = '../shared/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'

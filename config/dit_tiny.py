@@ -1,6 +1,7 @@
 # The embedded default on a 2-core CPU: a 6-layer d=256 block-causal DiT (blocks of 4 latents, each
-# denoised from the clean text before it) with the token head and a next-token loss on its clean
-# stream: the configuration with the smallest compute gap on the curve (bench/results/curve.md).
+# denoised from the clean text before it) with the token head, a next-token loss on its clean
+# stream and the learned information-uniform time schedule: the configuration with the smallest
+# compute gap on the curve (bench/results/curve.md).
 # 500 steps (about 9 minutes), so that the demo stays within 15; sampled at CFG 2.
 # python dit_train.py config/dit_tiny.py
 out_dir = 'out/dit_tiny'
@@ -9,6 +10,7 @@ data_dir = 'data/embedded'
 head = 'tokens'
 block_len = 4
 ar_weight = 1.0
+t_schedule = 'learned'
 batch_size = 32
 block_size = 128
 n_embd = 256
