@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from baselines import load_model
-from conftest import README_SAMPLE, TEXT, TINY_DIT, ok, one_line_error, readme_commands, run_main, run_script
+from conftest import (README_SAMPLE, TEXT, TINY_DIT, ok, one_line_error, readme_commands, run_main,
+                      run_script)
 from model import TextDiT, fit_time_cdf, flow_time, pack_segments, take_segment
 import sample
 from sample import LDM, generate, sample_latents
