@@ -29,7 +29,7 @@ curve it is a bound (> or <).
         --self_cond=True --out_dir=out/curve/dit_b4_sc    # with self-conditioning
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
         --ar_weight=4 --out_dir=out/curve/dit_b4_ar4      # a 4x heavier next-token loss
-        # (a lever first goes to 1000 steps on the same schedule: --max_iters=1000 --lr_decay_iters=4000)
+        # (levers first go to 1000 steps: --max_iters=1000 --lr_decay_iters=4000)
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
         --t_schedule=logit_normal --out_dir=out/curve/dit_b4  # no next-token loss
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
