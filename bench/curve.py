@@ -286,8 +286,9 @@ def markdown(res):
 if __name__ == '__main__':
     gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
     # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
-    dits = ('out/curve/dit_b4_learned:2,out/curve/dit_b4_ar:2,out/curve/dit_b4_sc:2,'
-            'out/curve/dit_b4_ar4:2@1000,out/curve/dit_b4:2@1000,out/curve/dit_b16:2@1000,'
+    dits = ('out/curve/dit_b2:2,out/curve/dit_b4_learned:2@500+1000+2000+4000,'
+            'out/curve/dit_b4_ar:2,out/curve/dit_b4_sc:2,out/curve/dit_b4_ar4:2@1000,'
+            'out/curve/dit_b4:2@1000,out/curve/dit_b16:2@1000,'
             'out/curve/dit_paper:2@1000')
     judge = '../shared/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'

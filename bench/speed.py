@@ -15,7 +15,8 @@ that its peak memory is its own.
                    DiT head with sample.py's solver and guidance interval at each k in ks, and with
                    the paper's sampler (Euler, guided at every step, paper_steps), and for the
                    block-causal token-head DiT of each of block_lens (sample.py's sampler of a
-                   block, block by block through its KV cache) (sampling.md: the table)
+                   block at each of block_steps, block by block through its KV cache)
+                   (sampling.md: the table)
   memory           on CPUs the phase's peak resident set (ru_maxrss, torch included; 'own': less
                    the RSS before the phase), on GPUs torch.cuda.max_memory_allocated
 
@@ -54,6 +55,7 @@ steps, paper_steps = STEPS, 50
 ks, heads = (4, 8, 16, 32, 50), ('tokens', 'velocity')
 # and the block-causal token-head DiT (a causal VAE) of each block length, with sample.py's sampler
 block_lens = (16, 4)
+block_steps = (BLOCK_STEPS,)  # the solver's steps a block
 # sampling runs per length: up to repeats, fewer once budget_s is spent
 repeats, budget_s = 3, 20.0
 sample_batches, sample_batch_length = (1, 8, 32), 128
@@ -197,7 +199,8 @@ def sampling_phase(which):
                 dit=dit, vae=causal, mean=0.0, std=1.0, times=dict(schedule='logit_normal',
                                                                    mean=0.0, std=1.5),
                 encode=lambda idx, lens: causal.encode(idx, lengths_to_mask(lens, idx.size(1)))[0])
-            ways.append((f'tokens, blocks of {n}', (SOLVER, BLOCK_CFG_UNTIL, BLOCK_STEPS)))
+            ways += [(f'tokens, blocks of {n}', (SOLVER, BLOCK_CFG_UNTIL, k))
+                     for k in block_steps]
     g = torch.Generator(dev).manual_seed(0)
     @torch.no_grad()
     def sample(name, how, n, B):
