@@ -23,10 +23,11 @@ CFG = 2.0
 # paper's 50 Euler steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead
 # of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
-# A block of 4 (the default DiT at 2000 steps): 4 steps guided at every one, gen. PPL 2,673 / 574
-# against 2,564 / 580 for the 10 above and 2,401 / 548 for 50 Euler steps, within their intervals,
-# at 4 DiT forwards a block instead of 10 or 50 (bench/results/steps/)
-BLOCK_STEPS, BLOCK_CFG_UNTIL = 4, 1.0
+# A block (of 2, the default DiT's): 2 steps guided at every one, one DiT forward per new token as
+# the GPT spends, and half the GPT's speed at batch 1 (bench/results/blocks/sampling.md). At 2000
+# steps gen. PPL 793 / 294; 4 steps: 638 / 215 at 0.38x the GPT's speed; 50 Euler steps 628 / 208
+# (bench/results/steps/). Blocks of 4: 4 steps were within the 50 Euler steps' intervals.
+BLOCK_STEPS, BLOCK_CFG_UNTIL = 2, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x
 # faster in bf16 (bench/results/cpu_dtype.md). So bf16 where a forward writes this many or more.

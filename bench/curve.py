@@ -21,16 +21,18 @@ curve it is a bound (> or <).
     python prepare_data.py && python vae_train.py config/vae_tiny.py  # the causal VAE
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=1000 \
         --keep_steps=60,125,250,500,1000
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py \
-        --out_dir=out/curve/dit_b4_learned                # the default: 500 to 4000
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
-        --out_dir=out/curve/dit_b4_ar                     # the paper's time distribution
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
-        --self_cond=True --out_dir=out/curve/dit_b4_sc    # with self-conditioning
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --t_schedule=logit_normal \
-        --ar_weight=4 --out_dir=out/curve/dit_b4_ar4      # a 4x heavier next-token loss
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default (blocks of 2):
+                                                          # out/curve/dit_b2, 500 to 4000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
+        --out_dir=out/curve/dit_b4_learned                # blocks of 4
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
+        --t_schedule=logit_normal --out_dir=out/curve/dit_b4_ar  # the paper's time distribution
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
+        --t_schedule=logit_normal --self_cond=True --out_dir=out/curve/dit_b4_sc  # self-cond.
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
+        --t_schedule=logit_normal --ar_weight=4 --out_dir=out/curve/dit_b4_ar4  # 4x next-token
         # (levers first go to 1000 steps: --max_iters=1000 --lr_decay_iters=4000)
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 --ar_weight=0 \
         --t_schedule=logit_normal --out_dir=out/curve/dit_b4  # no next-token loss
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
         --t_schedule=logit_normal --block_len=16 --out_dir=out/curve/dit_b16  # blocks of 16
@@ -40,7 +42,7 @@ curve it is a bound (> or <).
                                                           # the paper's layout (the old default)
     python bench/curve.py  # these runs at CFG 2 -> bench/results/curve.*
     python bench/curve.py --steps=4 --solver=dpm2m --cfg_until=0.6 \
-        --dits=out/curve/dit_b4_ar:2@2000 --out_file=bench/results/steps/dpm2m4.json  # a sampler
+        --dits=out/curve/dit_b4_ar:2@2000 --out_file=bench/results/steps/dpm2m4_until0.6.json
 
 The judge is ../shared/judge (its README says how it was made): a GPT of seed 4242 trained 4000
 steps, so that points from every session compare.

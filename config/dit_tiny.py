@@ -1,4 +1,4 @@
-# The embedded default on a 2-core CPU: a 6-layer d=256 block-causal DiT (blocks of 4 latents, each
+# The embedded default on a 2-core CPU: a 6-layer d=256 block-causal DiT (blocks of 2 latents, each
 # denoised from the clean text before it) with the token head, a next-token loss on its clean
 # stream and the learned information-uniform time schedule: the configuration with the smallest
 # compute gap on the curve (bench/results/curve.md).
@@ -8,7 +8,7 @@ out_dir = 'out/dit_tiny'
 vae_ckpt = 'out/vae_tiny/ckpt.pt'
 data_dir = 'data/embedded'
 head = 'tokens'
-block_len = 4
+block_len = 2
 ar_weight = 1.0
 t_schedule = 'learned'
 batch_size = 32
