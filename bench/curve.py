@@ -36,6 +36,8 @@ curve it is a bound (> or <).
         --t_schedule=logit_normal --out_dir=out/curve/dit_b4  # no next-token loss
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --ar_weight=0 \
         --t_schedule=logit_normal --block_len=16 --out_dir=out/curve/dit_b16  # blocks of 16
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 --ar_weight=0 \
+        --t_schedule=logit_normal --head=velocity --out_dir=out/curve/dit_b4_vel  # velocity head
     python vae_train.py config/vae_tiny.py --causal_encoder=False --out_dir=out/vae_bidir
     python dit_train.py config/dit_tiny.py --block_len=0 --ar_weight=0 --max_iters=1000 \
         --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
