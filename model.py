@@ -99,7 +99,7 @@ class Block(nn.Module):
             return x + self.drop(self.mlp(self.ln2(x)))
         # c: (B, 1, D) one vector per sample, (B, T, D) one per position, or (B, G, D) one per group
         # of positions, group (T,) naming each position's: the modulation is computed once a group
-        mods = self.adaln(c) if group is None else self.adaln(c)[:, group]
+        mods = self.adaln(c) if group is None else self.adaln(c).index_select(1, group)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         h = self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask, cache)
         x = x + gate1 * self.drop(h)
@@ -183,11 +183,13 @@ class TextVAE(nn.Module):
         self.apply(init_weights)
         scale_residual_init(self, config.n_enc_layer + config.n_dec_layer)
 
-    def encode(self, idx, mask=None):
-        """idx (B, T) -> mu, logvar (B, T, C) and the encoder's output h (B, T, D) for REPA."""
-        h = self.encoder(self.wte(idx), mask)
+    def encode(self, idx, mask=None, cache=None):
+        """idx (B, T) -> mu, logvar (B, T, C) and the encoder's output h (B, T, D) for REPA.
+        A causal encoder may read the tokens after those in its KV cache (block sampling), mask
+        then (B, T, keys) as the DiT's."""
+        h = self.encoder(self.wte(idx), mask, cache=cache)
         mu, logvar = self.to_moments(h).float().chunk(2, dim=-1)
-        if mask is not None:  # zeros at padding (a row with no real token would otherwise be NaN)
+        if mask is not None and mask.dim() == 2:  # zeros at padding (else NaN where none is real)
             pad = ~mask[..., None]
             mu, logvar = mu.masked_fill(pad, 0.0), logvar.masked_fill(pad, 0.0)
         return mu, logvar.clamp(-30.0, 20.0), h
@@ -342,7 +344,7 @@ class TextDiT(nn.Module):
             h = h + self.self_cond((x1_prev * is_target[..., None]).to(h.dtype))
         c = self.t_embed(timestep_embedding(t.flatten(), 256)).view(*t.shape, -1)  # (B, G, D)
         h = self.body(h, mask, c, cache, pos, group)
-        mods = self.final_adaln(c) if group is None else self.final_adaln(c)[:, group]
+        mods = self.final_adaln(c) if group is None else self.final_adaln(c).index_select(1, group)
         shift, scale = mods.expand(*h.shape[:2], -1).chunk(2, dim=-1)
         if not self.config.vocab_size:
             return self.out_proj(modulate(h, shift, scale))

@@ -104,17 +104,21 @@ def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_unt
     rows = 2 * B if cfg != 1.0 and cfg_until > 0 else B  # [conditional ; null] if a step is guided
     # left-padded, so that every row's text ends where the next block starts
     seq, real = take_segment(idx, lens - P, P), lengths_to_mask(lens, P).flip(1)
-    cache, z = [KVCache() for _ in dit.body.blocks], seq.new_zeros(B, 0, dit.config.latent_channels)
+    cache = [KVCache() for _ in dit.body.blocks]
+    enc_cache = [KVCache() for _ in ldm.vae.encoder.blocks]  # of the causal VAE encoder
+    z = seq.new_zeros(B, 0, dit.config.latent_channels)
     while seq.size(1) - P < length:
-        # the clean latents of the newest tokens (causal: the earlier ones stay)
-        L, new, n_real = seq.size(1), seq.size(1) - z.size(1), real.sum(1)
-        z_all = ldm.encode(take_segment(seq, L - n_real, L), n_real)  # right-padded for the encoder
-        z = torch.cat([z, take_segment(z_all, n_real - L, L)[:, L - new:]], 1)
-        # they enter the cache at t = 1 in the block's first forward, as training's clean stream:
-        # causal (a padding query sees itself: with nothing to see, it would be NaN); the block sees
-        # the real clean latents and itself
+        L, new = seq.size(1), seq.size(1) - z.size(1)
+        # the newest tokens see the real ones up to them (a padding query sees itself: with
+        # nothing to see, it would be NaN)
         own = (torch.arange(L) == torch.arange(L - new, L)[:, None]).to(real.device)
         sees_new = (real[:, None, :] | own) & causal_mask(new, L, real.device)
+        # their clean latents, the causal encoder reading the text before them from its cache
+        # (RoPE sees relative positions only: the left padding moves no latent)
+        z_new = ldm.vae.encode(seq[:, L - new:], sees_new, enc_cache)[0]
+        z = torch.cat([z, (z_new - ldm.mean) / ldm.std], 1)
+        # they enter the DiT's cache at t = 1 in the block's first forward, as training's clean
+        # stream: causal; the block sees the real clean latents and itself
         sees = torch.cat([real, real.new_ones(B, n)], 1)[:, None, :]
         first = torch.cat([F.pad(sees_new, (0, n)), sees.expand(-1, n, -1)], 1)
         fresh = torch.cat([z[:, L - new:], torch.zeros_like(z[:, L - new:])])[:rows]  # null: zeros

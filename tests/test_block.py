@@ -173,6 +173,30 @@ def test_block_sampling_through_the_cache_writes_what_the_cache_free_reference_w
                         torch.Generator().manual_seed(0), 'dpm2m', 0.5)
     assert got[0].tolist() == want.tolist()
 
+def test_a_left_padded_row_writes_what_it_writes_alone(monkeypatch):
+    """In a batch, a short prompt is left-padded: its latents, read through the encoder's and the
+    DiT's KV caches, and its blocks must not move (each row's noise made independent of the batch
+    so that the rows compare)."""
+    vae, dit = causal_vae(), random_dit(block_len=3, vocab_size=50)
+    for p in vae.parameters():  # large random weights: every latent moves the tokens
+        torch.nn.init.normal_(p, std=0.3)
+    ldm = SimpleNamespace(dit=dit, vae=vae, mean=0.5, std=2.0,
+                          times=dict(schedule='logit_normal', mean=0.0, std=1.5))
+    randn, draws = torch.randn, {}
+
+    def noise_by_row(B, n, C, generator, device, dtype):  # row b's k-th draw: seed (b, k)
+        draws[B] = draws.get(B, -1) + 1
+        return torch.stack([randn(n, C, generator=torch.Generator().manual_seed(100 * b + draws[B]),
+                                  dtype=dtype) for b in range(B)])
+    monkeypatch.setattr(torch, 'randn', noise_by_row)
+    short, long = [3, 14, 15], [9, 26, 5, 35, 8, 9, 7]
+    batch = torch.tensor([short + [0] * 4, long])
+    with torch.no_grad():
+        both = sample_blocks(ldm, batch, torch.tensor([3, 7]), 8, 2, 2.0, None, 'dpm2m', 1.0)
+        alone = sample_blocks(ldm, torch.tensor([short]), torch.tensor([3]), 8, 2, 2.0, None,
+                              'dpm2m', 1.0)
+    assert both[0].tolist() == alone[0].tolist()
+
 @pytest.mark.parametrize('vocab_size', [0, 50])
 def test_self_conditioning_reads_the_last_estimate_at_the_targets_only(vocab_size):
     x, t = torch.randn(2, 10, 4), torch.rand(2)
