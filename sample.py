@@ -23,11 +23,11 @@ CFG = 2.0
 # paper's 50 Euler steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead
 # of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
-# A block (of 2, the default DiT's): 2 steps guided at every one, one DiT forward per new token as
-# the GPT spends, and half the GPT's speed at batch 1 (bench/results/blocks/sampling.md). At 2000
-# steps gen. PPL 793 / 294; 4 steps: 638 / 215 at 0.38x the GPT's speed; 50 Euler steps 628 / 208
-# (bench/results/steps/). Blocks of 4: 4 steps were within the 50 Euler steps' intervals.
-BLOCK_STEPS, BLOCK_CFG_UNTIL = 2, 1.0
+# A block (of 2, the default DiT's): 3 steps guided at every one. At 2000 steps gen. PPL 688 / 214,
+# 2 steps 793 / 294, 4 steps 638 / 215, the paper's 50 Euler steps 628 / 208 (bench/results/steps/);
+# at batch 1 0.56-0.60x the GPT's speed, 2 steps 0.71-0.77x, 4 steps 0.48x
+# (bench/results/blocks/sampling.md). Blocks of 4: 4 steps were within the 50 Euler steps' intervals.
+BLOCK_STEPS, BLOCK_CFG_UNTIL = 3, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x
 # faster in bf16 (bench/results/cpu_dtype.md). So bf16 where a forward writes this many or more.
@@ -241,7 +241,7 @@ if __name__ == '__main__':
     vae_ckpt = ''             # to override the VAE checkpoint path stored in the DiT checkpoint
     prompt = ''
     length = 48
-    steps = None  # the solver's steps (a block's); None: 10 for a whole continuation, 4 a block
+    steps = None  # the solver's steps (a block's); None: 10 for a whole continuation, 3 a block
     solver = SOLVER  # 'dpm2m' (second order) or 'euler' (the paper's)
     cfg = CFG  # guidance scale
     # guidance while t < cfg_until (1.0: at every step); None: 0.6 for a whole continuation, 1 for

@@ -21,10 +21,16 @@ curve it is a bound (> or <).
     python prepare_data.py && python vae_train.py config/vae_tiny.py  # the causal VAE
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=1000 \
         --keep_steps=60,125,250,500,1000
+    python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt_2000 --max_iters=2000 \
+        --keep_steps=2000  # the GPT curve on to 2000 steps, so that the DiTs' 4000 get gaps
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default (blocks of 2):
                                                           # out/curve/dit_b2, 500 to 4000
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
         --out_dir=out/curve/dit_b4_learned                # blocks of 4
+    python vae_train.py config/vae_tiny.py --latent_channels=64 --out_dir=out/vae_causal64
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --max_iters=1000 \
+        --lr_decay_iters=4000 --keep_steps=500,1000 --vae_ckpt=out/vae_causal64/ckpt.pt \
+        --out_dir=out/curve/dit_b2_c64                    # C = 64 latent channels
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
         --t_schedule=logit_normal --out_dir=out/curve/dit_b4_ar  # the paper's time distribution
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
@@ -288,7 +294,9 @@ def markdown(res):
     return '\n'.join(lines)
 
 if __name__ == '__main__':
-    gpt_dir = 'out/curve/gpt'  # a GPT run with step<N>/ checkpoints: the contestants
+    # GPT runs with step<N>/ checkpoints, comma-separated: the contestants (a step kept by two: the
+    # first run's); the first run's step is timed
+    gpt_dirs = 'out/curve/gpt,out/curve/gpt_2000'
     # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
     dits = ('out/curve/dit_b2:2,out/curve/dit_b4_learned:2@500+1000+2000+4000,'
             'out/curve/dit_b4_ar:2,out/curve/dit_b4_sc:2,out/curve/dit_b4_ar4:2@1000,'
@@ -327,8 +335,10 @@ if __name__ == '__main__':
             raise SystemExit(f"error: {run} has no step{min(set(only) - set(pts))}/ checkpoint "
                              f"(--dits: {d}): it has steps {', '.join(map(str, pts))}")
         dit_runs.append((run, cfg, {s: p for s, p in pts.items() if not only or s in only}))
-    gpt_points = run_points(gpt_dir)
-    contestants = {os.path.realpath(p) for p in [*gpt_points.values(), gpt_dir]}
+    gpt_dirs = gpt_dirs.split(',')
+    gpt_points = {s: p for d in reversed(gpt_dirs) for s, p in run_points(d).items()}
+    gpt_points = dict(sorted(gpt_points.items()))
+    contestants = {os.path.realpath(p) for p in [*gpt_points.values(), *gpt_dirs]}
     if os.path.realpath(judge) in contestants:
         raise SystemExit(f"error: the judge {judge} is a contestant: train a GPT of its own (see "
                          "bench/curve.py)")
@@ -371,8 +381,8 @@ if __name__ == '__main__':
                solo_steps=solo_steps, machine=f"cpu x{os.cpu_count()}, {bf16} bf16",
                prompts={b: ctx['samples'][b]['prompts'][:examples] for b in BENCHES},
                unigram=cached('unigram', lambda: score_point('unigram', '', 1.0, ctx)))
-    res['gpt'] = dict(run=gpt_dir, points={
-        s: cached(f'gpt_{gpt_dir}_{s}', lambda: score_point('gpt', d, 1.0, ctx))
+    res['gpt'] = dict(run=','.join(gpt_dirs), points={
+        s: cached(f'gpt_{os.path.dirname(d)}_{s}', lambda: score_point('gpt', d, 1.0, ctx))
         for s, d in gpt_points.items()})
     def knowledge(run, pts):  # the yardstick's points (none for a block-causal DiT)
         shares = {s: cached(f'know_{run}_{s}', lambda: knowledge_share(d, judge_gpt, num_windows))
@@ -392,7 +402,7 @@ if __name__ == '__main__':
             print(name,
                   {s: [round(p[b]['genppl']) for b in BENCHES] for s, p in r['points'].items()})
         sys.exit()
-    res['gpt']['step_ms'] = solo_step_ms(gpt_dir, 'gpt', solo_steps)
+    res['gpt']['step_ms'] = solo_step_ms(gpt_dirs[0], 'gpt', solo_steps)
     timed = {}  # a run sampled at several guidance scales is timed once
     for r in res['dits'].values():
         if r['run'] not in timed:
