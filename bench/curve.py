@@ -298,9 +298,10 @@ if __name__ == '__main__':
     # first run's); the first run's step is timed
     gpt_dirs = 'out/curve/gpt,out/curve/gpt_2000'
     # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
-    dits = ('out/curve/dit_b2:2,out/curve/dit_b4_learned:2@500+1000+2000+4000,'
+    dits = ('out/curve/dit_b2:2,out/curve/dit_b2_c64:2,'
+            'out/curve/dit_b4_learned:2@500+1000+2000+4000,'
             'out/curve/dit_b4_ar:2,out/curve/dit_b4_sc:2,out/curve/dit_b4_ar4:2@1000,'
-            'out/curve/dit_b4:2@1000,out/curve/dit_b16:2@1000,'
+            'out/curve/dit_b4:2@1000,out/curve/dit_b4_vel:2@500+1000,out/curve/dit_b16:2@1000,'
             'out/curve/dit_paper:2@1000')
     judge = '../shared/judge'  # a GPT that is not a contestant, trained longer
     data_dir = 'data/embedded'

@@ -135,3 +135,17 @@ def test_fidelity_bench_bad_input_is_one_clear_line(dit_dir):
     one_line_error(run_main('bench/fidelity.py', f'--dits={dit_dir},{dit_dir}', '--cfgs=2',
                             '--judge='),
                    'give one guidance scale and interval per DiT: 2 DiTs, 1 cfgs')
+
+def test_demo_overlap_counts_the_words_same_noise_continuations_share(tmp_path):
+    # sample k of every prompt: the same noise. Pairs (sample 1): 'a b c d' / 'a b x y' share 2 of
+    # 4 words, 'a b c d' / 'z z z z' and 'a b x y' / 'z z z z' none; sample 2: all different
+    lines = ["prompt: 'one'", "one >>> a b c d", "one >>> q r s t", "prompt: 'two'",
+             "two >>> a b x y", "two >>> e f g h", "prompt: 'three'", "three >>> z z z z",
+             "three >>> i j k l", "unconditional", "u v w"]
+    path = tmp_path / 'samples.txt'
+    path.write_text('\n'.join(lines) + '\n')
+    out = ok(run_main('bench/demo_overlap.py', str(path)))
+    assert '3 prompts, 6 same-noise pairs' in out and '8% on average, 50% at most' in out, out
+    path.write_text("unconditional\nu v w\n")
+    one_line_error(run_main('bench/demo_overlap.py', str(path)), 'fewer than two prompts')
+    one_line_error(run_main('bench/demo_overlap.py', str(tmp_path / 'none.txt')), 'run bash demo.sh')
