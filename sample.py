@@ -26,7 +26,7 @@ STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
 # A block (of 2, the default DiT's): 3 steps guided at every one. At 2000 steps gen. PPL 688 / 214,
 # 2 steps 793 / 294, 4 steps 638 / 215, the paper's 50 Euler steps 628 / 208 (bench/results/steps/);
 # at batch 1 0.56-0.60x the GPT's speed, 2 steps 0.71-0.77x, 4 steps 0.48x
-# (bench/results/blocks/sampling.md). Blocks of 4: 4 steps were within the 50 Euler steps' intervals.
+# (bench/results/blocks/sampling.md). Blocks of 4: 4 steps were within 50 Euler steps' intervals.
 BLOCK_STEPS, BLOCK_CFG_UNTIL = 3, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x

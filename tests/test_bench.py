@@ -148,4 +148,5 @@ def test_demo_overlap_counts_the_words_same_noise_continuations_share(tmp_path):
     assert '3 prompts, 6 same-noise pairs' in out and '8% on average, 50% at most' in out, out
     path.write_text("unconditional\nu v w\n")
     one_line_error(run_main('bench/demo_overlap.py', str(path)), 'fewer than two prompts')
-    one_line_error(run_main('bench/demo_overlap.py', str(tmp_path / 'none.txt')), 'run bash demo.sh')
+    missing = run_main('bench/demo_overlap.py', str(tmp_path / 'none.txt'))
+    one_line_error(missing, 'run bash demo.sh')
