@@ -4,19 +4,19 @@ sample k of every prompt starts from the same noise: for each pair of prompts, t
 their k-th continuations have in common, position by position (curve.py's same-noise share; a model
 that writes from its prompt: ~0).
 
-    python bench/demo_overlap.py  # reads bench/results/demo_samples.txt
+    python bench/demo_overlap.py  # --path=FILE: another demo's samples
 """
 import itertools
 import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
 from curve import same_noise_share  # noqa: E402
 
-path = 'bench/results/demo_samples.txt'
-if len(sys.argv) > 1:
-    path = sys.argv[1]
+path = 'bench/results/demo_samples.txt'  # demo.sh's samples
+exec(open(os.path.join(ROOT, 'configurator.py')).read())
 if not os.path.exists(path):
     raise SystemExit(f"error: no {path}: run bash demo.sh first")
 with open(path) as f:

@@ -197,8 +197,7 @@ def sampling_phase(which):
             dit = ready(TextDiT(DiTConfig(latent_channels, T, n_embd, n_head, n_layer, V, n)))
             models[f'tokens, blocks of {n}'] = SimpleNamespace(
                 dit=dit, vae=causal, mean=0.0, std=1.0, times=dict(schedule='logit_normal',
-                                                                   mean=0.0, std=1.5),
-                encode=lambda idx, lens: causal.encode(idx, lengths_to_mask(lens, idx.size(1)))[0])
+                                                                   mean=0.0, std=1.5))
             ways += [(f'tokens, blocks of {n}', (SOLVER, BLOCK_CFG_UNTIL, k))
                      for k in block_steps]
     g = torch.Generator(dev).manual_seed(0)

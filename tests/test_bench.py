@@ -144,9 +144,9 @@ def test_demo_overlap_counts_the_words_same_noise_continuations_share(tmp_path):
              "three >>> i j k l", "unconditional", "u v w"]
     path = tmp_path / 'samples.txt'
     path.write_text('\n'.join(lines) + '\n')
-    out = ok(run_main('bench/demo_overlap.py', str(path)))
+    out = ok(run_main('bench/demo_overlap.py', f'--path={path}'))
     assert '3 prompts, 6 same-noise pairs' in out and '8% on average, 50% at most' in out, out
     path.write_text("unconditional\nu v w\n")
-    one_line_error(run_main('bench/demo_overlap.py', str(path)), 'fewer than two prompts')
-    missing = run_main('bench/demo_overlap.py', str(tmp_path / 'none.txt'))
+    one_line_error(run_main('bench/demo_overlap.py', f'--path={path}'), 'fewer than two prompts')
+    missing = run_main('bench/demo_overlap.py', f'--path={tmp_path}/none.txt')
     one_line_error(missing, 'run bash demo.sh')
