@@ -18,19 +18,19 @@ The gap of a DiT point: its steps over the steps at which the GPT's curve reache
 perplexity (log PPL interpolated in log steps on the GPT's best-so-far curve); outside the GPT's
 curve it is a bound (> or <).
 
-    python prepare_data.py && python vae_train.py config/vae_tiny.py  # the causal VAE
+    python prepare_data.py && python vae_train.py config/vae_tiny.py  # the causal VAE, C = 64
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt --max_iters=1000 \
         --keep_steps=60,125,250,500,1000
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt_2000 --max_iters=2000 \
         --keep_steps=2000  # the GPT curve on to 2000 steps, so that the DiTs' 4000 get gaps
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default (blocks of 2):
-                                                          # out/curve/dit_b2, 500 to 4000
+                                                          # out/curve/dit_b2_c64, 500 to 4000
+    # the runs below read C = 16 latent channels (the default before C = 64 won): each with
+    # --vae_ckpt=out/vae_causal/ckpt.pt (the paper's layout: --vae_ckpt=out/vae_bidir/ckpt.pt)
+    python vae_train.py config/vae_tiny.py --latent_channels=16 --out_dir=out/vae_causal
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --out_dir=out/curve/dit_b2
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
         --out_dir=out/curve/dit_b4_learned                # blocks of 4
-    python vae_train.py config/vae_tiny.py --latent_channels=64 --out_dir=out/vae_causal64
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --max_iters=1000 \
-        --lr_decay_iters=4000 --keep_steps=500,1000 --vae_ckpt=out/vae_causal64/ckpt.pt \
-        --out_dir=out/curve/dit_b2_c64                    # C = 64 latent channels
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
         --t_schedule=logit_normal --out_dir=out/curve/dit_b4_ar  # the paper's time distribution
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
@@ -44,7 +44,8 @@ curve it is a bound (> or <).
         --t_schedule=logit_normal --block_len=16 --out_dir=out/curve/dit_b16  # blocks of 16
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 --ar_weight=0 \
         --t_schedule=logit_normal --head=velocity --out_dir=out/curve/dit_b4_vel  # velocity head
-    python vae_train.py config/vae_tiny.py --causal_encoder=False --out_dir=out/vae_bidir
+    python vae_train.py config/vae_tiny.py --latent_channels=16 --causal_encoder=False \
+        --out_dir=out/vae_bidir
     python dit_train.py config/dit_tiny.py --block_len=0 --ar_weight=0 --max_iters=1000 \
         --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
                                                           # the paper's layout (the old default)
@@ -298,7 +299,7 @@ if __name__ == '__main__':
     # first run's); the first run's step is timed
     gpt_dirs = 'out/curve/gpt,out/curve/gpt_2000'
     # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
-    dits = ('out/curve/dit_b2:2,out/curve/dit_b2_c64:2,'
+    dits = ('out/curve/dit_b2_c64:2,out/curve/dit_b2:2,'
             'out/curve/dit_b4_learned:2@500+1000+2000+4000,'
             'out/curve/dit_b4_ar:2,out/curve/dit_b4_sc:2,out/curve/dit_b4_ar4:2@1000,'
             'out/curve/dit_b4:2@1000,out/curve/dit_b4_vel:2@500+1000,out/curve/dit_b16:2@1000,'
