@@ -25,6 +25,11 @@ curve it is a bound (> or <).
         --keep_steps=2000  # the GPT curve on to 2000 steps, so that the DiTs' 4000 get gaps
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default (blocks of 2):
                                                           # out/curve/dit_b2_c64, 500 to 4000
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=1 --max_iters=2000 \
+        --keep_steps=500,1000,2000 --out_dir=out/curve/dit_b1_c64  # blocks of 1
+    python dit_train.py config/dit_tiny.py --lr_decay_iters=500 --keep_steps=500 \
+        --out_dir=out/curve/dit_b2_c64_decay500  # the demo decayed by step 500 (the run folder
+        # dit_b2_c64_decay500_noema: the same checkpoint with its raw weights as its EMA's)
     # the runs below read C = 16 latent channels (the default before C = 64 won): each with
     # --vae_ckpt=out/vae_causal/ckpt.pt (the paper's layout: --vae_ckpt=out/vae_bidir/ckpt.pt)
     python vae_train.py config/vae_tiny.py --latent_channels=16 --out_dir=out/vae_causal

@@ -45,7 +45,7 @@ from training import setup, prepare_model
 data_dir, out_dir = 'data/embedded', 'bench/results'
 device, dtype, compile = 'cpu', 'bfloat16', False
 # as config/*_tiny.py
-batch_size, block_size, n_embd, n_head, n_layer, latent_channels = 32, 128, 256, 4, 6, 16
+batch_size, block_size, n_embd, n_head, n_layer, latent_channels = 32, 128, 256, 4, 6, 64
 repa_teacher = 'minilm'
 warmup, iters = 3, 10                       # training steps: untimed, then timed
 lengths, prompt_len, cfg = (64, 128, 256, 512, 1024), 16, 2.0
