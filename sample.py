@@ -23,15 +23,19 @@ CFG = 2.0
 # paper's 50 Euler steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead
 # of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
-# A block (of 2, the default DiT's): 3 steps guided at every one. At 2000 steps gen. PPL 688 / 214,
-# 2 steps 793 / 294, 4 steps 638 / 215, the paper's 50 Euler steps 628 / 208 (bench/results/steps/);
-# at batch 1 0.56-0.60x the GPT's speed, 2 steps 0.71-0.77x, 4 steps 0.48x
-# (bench/results/blocks/sampling.md). Blocks of 4: 4 steps were within 50 Euler steps' intervals.
+# A block: 3 steps guided at every one. Blocks of 1 (the default DiT's) at 4000 steps: gen. PPL
+# 25 / 27, 2 steps 35 / 29 (bench/results/steps/); blocks of 2 at 2000: 688 / 214, 2 steps 793 /
+# 294, 4 steps 638 / 215, the paper's 50 Euler steps 628 / 208. At batch 1, blocks of 1 sample at
+# 0.3x the GPT's speed (2 steps 0.4x), blocks of 2 at 0.6x (bench/results/blocks_b1/sampling.md).
 BLOCK_STEPS, BLOCK_CFG_UNTIL = 3, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x
 # faster in bf16 (bench/results/cpu_dtype.md). So bf16 where a forward writes this many or more.
 CPU_BF16_MIN_LATENTS = 128
+# Block by block, a block's tokens are decoded from its latents and the 16 before them: the tokens
+# of 99.99% of the positions are those of the whole text before them (bench/decode_window.py), and
+# the decoder's cost no longer grows with the text
+DECODE_WINDOW = 16
 
 def sampling_autocast(device_type, bf16, latents):
     """bf16 autocast if the model trained in it (bf16) and, on a CPU, the forwards write at least
@@ -148,7 +152,10 @@ def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_unt
                         dtype=torch.float64)
         x = integrate(velocity, x, steps, cfg, **ldm.times, solver=solver, cfg_until=cfg_until)
         real = sees[:, 0]
-        logits = ldm.vae.decode(torch.cat([z, x], 1) * ldm.std + ldm.mean, real, last=n)
+        # the block's tokens from it and the DECODE_WINDOW latents before it, not the whole text
+        w = DECODE_WINDOW + n
+        window = torch.cat([z[:, -DECODE_WINDOW:], x], 1) * ldm.std + ldm.mean
+        logits = ldm.vae.decode(window, real[:, -w:], last=n)
         seq = torch.cat([seq, logits.argmax(-1)], 1)
     return seq[:, P:P + length]
 

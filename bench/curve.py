@@ -23,17 +23,24 @@ curve it is a bound (> or <).
         --keep_steps=60,125,250,500,1000
     python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt_2000 --max_iters=2000 \
         --keep_steps=2000  # the GPT curve on to 2000 steps, so that the DiTs' 4000 get gaps
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default (blocks of 2):
-                                                          # out/curve/dit_b2_c64, 500 to 4000
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=1 --max_iters=2000 \
-        --keep_steps=500,1000,2000 --out_dir=out/curve/dit_b1_c64  # blocks of 1
-    python dit_train.py config/dit_tiny.py --lr_decay_iters=500 --keep_steps=500 \
-        --out_dir=out/curve/dit_b2_c64_decay500  # the demo decayed by step 500 (the run folder
+    python ar_train.py config/gpt_tiny.py --out_dir=out/curve/gpt_4000 --max_iters=4000 \
+        --keep_steps=4000  # and to 4000, so that a DiT ahead of the GPT at 2000 gets a gap
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py  # the default (blocks of 1):
+                                                          # out/curve/dit_b1_c64, 500 to 4000
+    python dit_train.py config/dit_tiny.py --max_iters=550 --init_from=resume --keep_steps=550 \
+        --out_dir=out/curve/dit_b1_demo550  # the demo's 550 steps: its folder first holds a copy of
+        # out/curve/dit_b1_c64/step500/ckpt.pt (and 600 steps: dit_b1_demo600)
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=2 \
+        --out_dir=out/curve/dit_b2_c64  # blocks of 2 (the default before blocks of 1 won)
+    python dit_train.py config/dit_tiny.py --block_len=2 --max_iters=500 --lr_decay_iters=500 \
+        --keep_steps=500 \
+        --out_dir=out/curve/dit_b2_c64_decay500  # a demo decayed by step 500 (the run folder
         # dit_b2_c64_decay500_noema: the same checkpoint with its raw weights as its EMA's)
     # the runs below read C = 16 latent channels (the default before C = 64 won): each with
     # --vae_ckpt=out/vae_causal/ckpt.pt (the paper's layout: --vae_ckpt=out/vae_bidir/ckpt.pt)
     python vae_train.py config/vae_tiny.py --latent_channels=16 --out_dir=out/vae_causal
-    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --out_dir=out/curve/dit_b2
+    python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=2 \
+        --out_dir=out/curve/dit_b2
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
         --out_dir=out/curve/dit_b4_learned                # blocks of 4
     python dit_train.py config/dit_tiny.py config/dit_tiny_long.py --block_len=4 \
@@ -55,6 +62,8 @@ curve it is a bound (> or <).
         --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
                                                           # the paper's layout (the old default)
     python bench/curve.py  # these runs at CFG 2 -> bench/results/curve.*
+    # the default's sampler, 3 steps a block (the runs of blocks of 1 and 2 at C = 64, CFG 1-3):
+    # --steps=3 --solver=dpm2m --cfg_until=1.0 --dits=... (bench/results/steps/dpm2m3_until1.md)
     python bench/curve.py --steps=4 --solver=dpm2m --cfg_until=0.6 \
         --dits=out/curve/dit_b4_ar:2@2000 --out_file=bench/results/steps/dpm2m4_until0.6.json
 
@@ -302,7 +311,7 @@ def markdown(res):
 if __name__ == '__main__':
     # GPT runs with step<N>/ checkpoints, comma-separated: the contestants (a step kept by two: the
     # first run's); the first run's step is timed
-    gpt_dirs = 'out/curve/gpt,out/curve/gpt_2000'
+    gpt_dirs = 'out/curve/gpt,out/curve/gpt_2000,out/curve/gpt_4000'
     # DiT runs as folder:cfg (all its kept steps) or folder:cfg@500+2000, comma-separated
     dits = ('out/curve/dit_b2_c64:2,out/curve/dit_b2:2,'
             'out/curve/dit_b4_learned:2@500+1000+2000+4000,'

@@ -54,7 +54,7 @@ steps, paper_steps = STEPS, 50
 # samples/s: sample.py's solver at each k; the default head first
 ks, heads = (4, 8, 16, 32, 50), ('tokens', 'velocity')
 # and the block-causal token-head DiT (a causal VAE) of each block length, with sample.py's sampler
-block_lens = (16, 4)
+block_lens = (2, 1)
 block_steps = (BLOCK_STEPS,)  # the solver's steps a block
 # sampling runs per length: up to repeats, fewer once budget_s is spent
 repeats, budget_s = 3, 20.0

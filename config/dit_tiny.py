@@ -1,17 +1,20 @@
-# The embedded default on a 2-core CPU: a 6-layer d=256 block-causal DiT (blocks of 2 latents, each
-# denoised from the clean text before it) with the token head, a next-token loss on its clean
-# stream and the learned information-uniform time schedule: the configuration with the smallest
-# compute gap on the curve (bench/results/curve.md).
-# 500 steps (about 9 minutes), so that the demo stays within 15, of the curve's 4000-step schedule:
-# at 500 steps the learning rate still high, with the EMA of the weights, gave better text than a
-# schedule decayed by step 500 (3,473 / 979 against 5,204 / 1,377, bench/results/steps/
-# dpm2m3_until1.md); config/dit_tiny_long.py is the same run on to 4000 steps. Sampled at CFG 2.
+# The embedded default on a 2-core CPU: a 6-layer d=256 block-causal DiT (blocks of 1 latent: each
+# token's latent denoised from the clean text before it) with the token head, a next-token loss on
+# its clean stream and the learned information-uniform time schedule: the configuration with the
+# smallest compute gap on the curve (bench/results/steps/dpm2m3_until1.md; blocks of 2 at 4000
+# steps: 324 / 149, blocks of 1: 25 / 27), which samples at a third of the GPT's speed (blocks of 2:
+# 0.6x; bench/results/blocks_b1/sampling.md).
+# 550 steps (about 11 minutes), so that the demo stays within 15 (600 steps: 15.1), of the curve's
+# 4000-step schedule: 1,437 / 362, where the GPT at 250 steps is at 1,602 / 894 (the DiT at 500:
+# 1,774 / 440, at 600: 1,188 / 313). At 500 steps the learning rate still high, with the EMA of the
+# weights, gave better text than a schedule decayed by step 500 (blocks of 2: 3,473 / 979 against
+# 5,204 / 1,377); config/dit_tiny_long.py is the same run on to 4000 steps. Sampled at CFG 2.
 # python dit_train.py config/dit_tiny.py
 out_dir = 'out/dit_tiny'
 vae_ckpt = 'out/vae_tiny/ckpt.pt'
 data_dir = 'data/embedded'
 head = 'tokens'
-block_len = 2
+block_len = 1
 ar_weight = 1.0
 t_schedule = 'learned'
 batch_size = 32
@@ -19,6 +22,6 @@ block_size = 128
 n_embd = 256
 n_head = 4
 n_layer = 6
-max_iters = 500
+max_iters = 550
 lr_decay_iters = 4000
 dtype = 'bfloat16'

@@ -37,7 +37,7 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
     way = lambda r: (r['model'], r['solver'], r['cfg_until'], r['steps'], r['batch'])
     samplers = [(SOLVER, CFG_UNTIL, 2), (SOLVER, CFG_UNTIL, 3), ('euler', 1.0, 3)]
     blocks = {(f'tokens, blocks of {n}', SOLVER, BLOCK_CFG_UNTIL, BLOCK_STEPS, b)  # a block's
-              for n in (16, 4) for b in (1, 2)}
+              for n in (2, 1) for b in (1, 2)}
     assert {way(r) for r in sps['ldm']} == {(h, *s, b) for h in ('tokens', 'velocity')
                                             for s in samplers for b in (1, 2)} | blocks
     assert all(r['samples_per_s'] > 0
@@ -47,7 +47,7 @@ def test_speed_bench_writes_throughput_and_latency(tiny_data, tmp_path):
                                   if way(r) == ('tokens', SOLVER, CFG_UNTIL, 2, 2))
     table = (tmp_path / 'sampling.md').read_text()
     assert table.count('| TextLDM') == 8 and table.count('| GPT + KV cache') == 2
-    assert '| TextLDM, tokens, blocks of 4 | dpm2m |' in table
+    assert '| TextLDM, tokens, blocks of 1 | dpm2m |' in table
     # the GPT is made as deep as needed to match the TextLDM's parameters
     params = lat['params']
     assert params['ldm'] == params['ldm_vae'] + params['ldm_dit']
@@ -150,3 +150,18 @@ def test_demo_overlap_counts_the_words_same_noise_continuations_share(tmp_path):
     one_line_error(run_main('bench/demo_overlap.py', f'--path={path}'), 'fewer than two prompts')
     missing = run_main('bench/demo_overlap.py', f'--path={tmp_path}/none.txt')
     one_line_error(missing, 'run bash demo.sh')
+
+def test_decode_window_compares_each_window_with_all_the_latents_before(vae_dir, tiny_data,
+                                                                        tmp_path):
+    """A window that reaches the first latent decodes as all of them do: 100% the same tokens."""
+    out = tmp_path / 'dw.json'
+    ok(run_main('bench/decode_window.py', f'--vae_ckpt={vae_dir}/ckpt.pt',
+                f'--data_dir={tiny_data}', '--num_windows=8', '--window=32', '--min_before=4',
+                '--befores=0,2,40', f'--out_file={out}'))
+    rows = {r['before']: r for r in json.loads(out.read_text())['rows']}
+    assert rows[40]['agree_with_prefix'] == 100.0
+    assert all(0 <= r['agree_with_prefix'] <= 100 and 0 <= r['true_tokens'] <= 100
+               for r in rows.values())
+    assert '| 2 |' in (tmp_path / 'dw.md').read_text()
+    missing = run_main('bench/decode_window.py', f'--vae_ckpt={tmp_path}/none.pt')
+    one_line_error(missing, 'train the VAE first')

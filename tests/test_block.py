@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_DIT, ok, one_line_error, run_main
 from model import (KVCache, DiTConfig, TextDiT, TextVAE, VAEConfig, block_layout, causal_mask,
                    lengths_to_mask)
+import sample
 from sample import integrate, sample_blocks
 
 def random_dit(block_len, vocab_size=0, C=4, seed=0):
@@ -156,12 +157,14 @@ def reference_blocks(ldm, prompt, length, steps, cfg, cfg_until, generator):
 
         x = torch.randn(1, n, z.size(2), generator=generator, dtype=torch.float64)
         x = integrate(velocity, x, steps, cfg, **ldm.times, solver='dpm2m', cfg_until=cfg_until)
-        logits = ldm.vae.decode(torch.cat([z, x], 1), last=n)
-        seq = torch.cat([seq, logits[0].argmax(-1)])
+        window = torch.cat([z, x], 1)[:, -(sample.DECODE_WINDOW + n):]  # the newest latents
+        seq = torch.cat([seq, ldm.vae.decode(window, last=n)[0].argmax(-1)])
     return seq[len(prompt):len(prompt) + length]
 
-@pytest.mark.parametrize('cfg', [1.0, 3.0])
-def test_block_sampling_through_the_cache_writes_what_the_cache_free_reference_writes(cfg):
+@pytest.mark.parametrize('cfg, decode_window', [(1.0, 16), (3.0, 16), (3.0, 2)])
+def test_block_sampling_through_the_cache_writes_what_the_cache_free_reference_writes(
+        cfg, decode_window, monkeypatch):
+    monkeypatch.setattr(sample, 'DECODE_WINDOW', decode_window)
     vae, dit = causal_vae(), random_dit(block_len=4, vocab_size=50)
     encode = lambda idx, lens: vae.encode(idx, lengths_to_mask(lens, idx.size(1)))[0]
     ldm = SimpleNamespace(dit=dit, vae=vae, mean=0.0, std=1.0, encode=encode,
