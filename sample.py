@@ -26,7 +26,7 @@ STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
 # A block: 3 steps guided at every one. Blocks of 1 (the default DiT's) at 4000 steps: gen. PPL
 # 25 / 27, 2 steps 35 / 29 (bench/results/steps/); blocks of 2 at 2000: 688 / 214, 2 steps 793 /
 # 294, 4 steps 638 / 215, the paper's 50 Euler steps 628 / 208. At batch 1, blocks of 1 sample at
-# 0.3x the GPT's speed (2 steps 0.4x), blocks of 2 at 0.6x (bench/results/blocks_b1/sampling.md).
+# 0.36x the GPT's speed (2 steps 0.45x), blocks of 2 at 0.65x (bench/results/blocks_b1/sampling.md).
 BLOCK_STEPS, BLOCK_CFG_UNTIL = 3, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x
@@ -153,9 +153,8 @@ def sample_blocks(ldm, idx, lens, length, steps, cfg, generator, solver, cfg_unt
         x = integrate(velocity, x, steps, cfg, **ldm.times, solver=solver, cfg_until=cfg_until)
         real = sees[:, 0]
         # the block's tokens from it and the DECODE_WINDOW latents before it, not the whole text
-        w = DECODE_WINDOW + n
         window = torch.cat([z[:, -DECODE_WINDOW:], x], 1) * ldm.std + ldm.mean
-        logits = ldm.vae.decode(window, real[:, -w:], last=n)
+        logits = ldm.vae.decode(window, real[:, -window.size(1):], last=n)
         seq = torch.cat([seq, logits.argmax(-1)], 1)
     return seq[:, P:P + length]
 

@@ -2,8 +2,8 @@
 # token's latent denoised from the clean text before it) with the token head, a next-token loss on
 # its clean stream and the learned information-uniform time schedule: the configuration with the
 # smallest compute gap on the curve (bench/results/steps/dpm2m3_until1.md; blocks of 2 at 4000
-# steps: 324 / 149, blocks of 1: 25 / 27), which samples at a third of the GPT's speed (blocks of 2:
-# 0.6x; bench/results/blocks_b1/sampling.md).
+# steps: 324 / 149, blocks of 1: 25 / 27), which samples at 0.36x the GPT's speed at batch 1
+# (blocks of 2: 0.65x; bench/results/blocks_b1/sampling.md).
 # 550 steps (about 11 minutes), so that the demo stays within 15 (600 steps: 15.1), of the curve's
 # 4000-step schedule: 1,437 / 362, where the GPT at 250 steps is at 1,602 / 894 (the DiT at 500:
 # 1,774 / 440, at 600: 1,188 / 313). At 500 steps the learning rate still high, with the EMA of the
