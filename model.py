@@ -93,14 +93,19 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd)) if adaln else None
 
-    def forward(self, x, rope, mask=None, c=None, cache=None, group=None):
+    def modulation(self, c, group=None):
+        """adaLN-Zero's shift, scale and gate of both branches from the conditioning c: (B, 1, D)
+        one vector per sample, (B, T, D) one per position, or (B, G, D) one per group of positions,
+        group (T,) naming each position's (computed once a group). A function of c alone: the
+        sampler computes it once for each time of its grid and reuses it block after block."""
+        mods = self.adaln(c) if group is None else self.adaln(c).index_select(1, group)
+        return mods.chunk(6, dim=-1)
+
+    def forward(self, x, rope, mask=None, mods=None, cache=None):
         if self.adaln is None:
             x = x + self.drop(self.attn(self.ln1(x), rope, mask, cache))
             return x + self.drop(self.mlp(self.ln2(x)))
-        # c: (B, 1, D) one vector per sample, (B, T, D) one per position, or (B, G, D) one per group
-        # of positions, group (T,) naming each position's: the modulation is computed once a group
-        mods = self.adaln(c) if group is None else self.adaln(c).index_select(1, group)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods  # self.modulation's
         h = self.attn(modulate(self.ln1(x), shift1, scale1), rope, mask, cache)
         x = x + gate1 * self.drop(h)
         return x + gate2 * self.drop(self.mlp(modulate(self.ln2(x), shift2, scale2)))
@@ -115,15 +120,16 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(n_embd, elementwise_affine=not adaln, bias=bias)
 
-    def forward(self, x, mask=None, c=None, cache=None, pos=None, group=None):
-        """cache: a list of one KVCache per block (sampling); x then holds the tokens after the
-        cached ones. pos (T,): the positions of x, by default those after the cached ones."""
+    def forward(self, x, mask=None, mods=None, cache=None, pos=None):
+        """mods: each block's adaLN modulation (Block.modulation's; the DiT's). cache: a list of one
+        KVCache per block (sampling); x then holds the tokens after the cached ones. pos (T,): the
+        positions of x, by default those after the cached ones."""
         if pos is None:
             start = len(cache[0]) if cache else 0
             pos = torch.arange(start, start + x.size(1), device=x.device)
         rope = rope_cache(pos, self.head_dim)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, c, cache[i] if cache else None, group)
+            x = block(x, rope, mask, mods[i] if mods else None, cache[i] if cache else None)
         return self.ln_f(x)
 
 def init_weights(module, std=0.02):
@@ -326,8 +332,16 @@ class TextDiT(nn.Module):
         if self.self_cond is not None:  # it starts as the plain DiT, and learns to read its guess
             nn.init.zeros_(self.self_cond.weight)
 
+    def condition(self, t, group=None):
+        """The time t (B, G) -> every block's adaLN modulation and the output's (B, G or T, 2D):
+        computed once a group of positions, by group (T,) where given."""
+        c = self.t_embed(timestep_embedding(t.flatten(), 256)).view(*t.shape, -1)  # (B, G, D)
+        final = self.final_adaln(c)
+        final = final if group is None else final.index_select(1, group)
+        return [block.modulation(c, group) for block in self.body.blocks], final
+
     def forward(self, x, t, is_target, mask=None, return_logits=False, pos=None, group=None,
-                cache=None, head_at=None, x1_prev=None):
+                cache=None, head_at=None, x1_prev=None, cond=None):
         """x (B, T, C) latents, t (B,) time in [0, 1] (1 = data), is_target (B, T) bool, mask
         (B, T) bool for real positions -> velocity (B, T, C), meaningful at the targets only.
         The block-causal layout (block_layout) passes t (B, G), one time per group of positions,
@@ -336,21 +350,20 @@ class TextDiT(nn.Module):
         return_logits (token head): instead, the logits of the target positions, (number of targets,
         vocab) in the order of x[is_target] (what training and guidance read; no softmax), or
         of the positions head_at (B, T) where given. x1_prev (B, T, C): the last clean estimate
-        (self_cond; read at the targets, ignored by a DiT without it)."""
+        (self_cond; read at the targets, ignored by a DiT without it). cond: self.condition(t,
+        group), where the caller has it (a function of t alone: the sampler reuses it)."""
         t = t[:, None] if t.dim() == 1 else t  # (B, G)
         h = self.in_proj(x.to(self.in_proj.weight.dtype))  # (B, T, D)
         h = h + self.segment(is_target.long())
         if self.self_cond is not None and x1_prev is not None:
             h = h + self.self_cond((x1_prev * is_target[..., None]).to(h.dtype))
-        c = self.t_embed(timestep_embedding(t.flatten(), 256)).view(*t.shape, -1)  # (B, G, D)
-        h = self.body(h, mask, c, cache, pos, group)
-        mods = self.final_adaln(c) if group is None else self.final_adaln(c).index_select(1, group)
-        shift, scale = mods.expand(*h.shape[:2], -1).chunk(2, dim=-1)
+        block_mods, final = cond or self.condition(t, group)
+        h = self.body(h, mask, block_mods, cache, pos)
+        shift, scale = final.expand(*h.shape[:2], -1).chunk(2, dim=-1)
         if not self.config.vocab_size:
             return self.out_proj(modulate(h, shift, scale))
         # the vocabulary-wide head only where it is read, at the target positions (it is costly)
-        at = is_target if head_at is None else head_at
-        logits = self.out_proj(modulate(h[at], shift[at], scale[at]))
+        logits = self.out_proj(modulate(h, shift, scale)[is_target if head_at is None else head_at])
         if return_logits:
             return logits
         return self.velocity_from_logits(logits, x, t if group is None else t[:, group], is_target)
@@ -369,7 +382,7 @@ class TextDiT(nn.Module):
         context] -> the guided velocity null + cfg_scale * (conditional - null) of the conditional
         half. The velocity head guides the velocity; the token head guides its logits (as an AR LM
         would), so the clean estimate stays a mixture of token latents. layout: pos, group,
-        cache."""
+        cache, cond."""
         half = x.size(0) // 2
         if not self.config.vocab_size:
             v_ctx, v_null = self(x, t, is_target, mask, **layout).chunk(2)
@@ -463,33 +476,41 @@ class GPTConfig:
 
 class KVCache:
     """One attention layer's keys and values of the tokens seen so far, for sampling a token (the
-    GPT) or a block (the block-causal DiT) at a time."""
+    GPT) or a block (the block-causal DiT) at a time. They live in buffers with room for more,
+    doubled when full: appending writes in place instead of copying all the keys every step."""
 
-    def __init__(self, k=None, v=None, keep=True):
-        self.k, self.v, self.keep = k, v, keep
+    def __init__(self, k=None, v=None, length=0, keep=True):
+        self.k, self.v, self.length, self.keep = k, v, length, keep  # buffers (B, nh, room, hd)
 
     def __len__(self):
-        return 0 if self.k is None else self.k.size(2)
+        return self.length
 
     def update(self, k, v):
-        """Append the new keys/values (B, nh, T, hd) (unless a frozen view); returns all of them."""
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        """Append the new keys/values (B, nh, T, hd) (unless a frozen view: they are written after
+        the kept ones, to be overwritten); returns all of them."""
+        end = self.length + k.size(2)
+        if self.k is None or end > self.k.size(2):  # buffers twice as long, the kept keys copied
+            size = (*k.shape[:2], 2 * end, k.size(3))
+            k_room, v_room = k.new_empty(size), v.new_empty(size)
+            if self.k is not None:
+                k_room[:, :, :self.length] = self.k[:, :, :self.length]
+                v_room[:, :, :self.length] = self.v[:, :, :self.length]
+            self.k, self.v = k_room, v_room
+        self.k[:, :, self.length:end], self.v[:, :, self.length:end] = k, v
         if self.keep:
-            self.k, self.v = k, v
-        return k, v
+            self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
     def trim(self, n):
         """Keep the first n positions' keys and values."""
-        if self.k is not None:
-            self.k, self.v = self.k[:, :, :n], self.v[:, :, :n]
+        self.length = min(self.length, n)
 
     def frozen(self, rows=None):
         """A view of the first `rows` rows that reads these keys but keeps nothing new: a DiT's
         noisy block, denoised step by step."""
         if self.k is None:
             return KVCache(keep=False)
-        return KVCache(self.k[:rows], self.v[:rows], keep=False)
+        return KVCache(self.k[:rows], self.v[:rows], self.length, keep=False)
 
 class GPT(nn.Module):
     """GPT-2 with RoPE: the token embedding and the head are one matrix (tied, as in GPT-2)."""

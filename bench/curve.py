@@ -89,6 +89,7 @@ import eval as ev  # noqa: E402
 from baselines import load_gpt, load_model  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from data import TokenData, get_tokenizer, load_meta  # noqa: E402
+from sample import DECODE_WINDOW  # noqa: E402
 from training import bf16_is_fast  # noqa: E402
 
 BENCHES = ('wikipedia', 'literary')
@@ -380,17 +381,20 @@ if __name__ == '__main__':
     os.makedirs('out/curve/points', exist_ok=True)
     settings = dict(num_samples=num_samples, judge=judge, mauve_draws=mauve_draws,
                     examples=examples)
-    def cached(key, fn):
+    def cached(key, fn, **more):  # more: settings of this point alone
         path = os.path.join('out/curve/points', re.sub(r'[^\w.-]+', '_', key) + '.json')
         if os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
-            if saved['settings'] == settings:
+            if saved['settings'] == dict(settings, **more):
                 return saved['result']
         result = fn()
         with open(path, 'w') as f:
-            json.dump(dict(settings=settings, result=result), f)
+            json.dump(dict(settings=dict(settings, **more), result=result), f)
         return result
+    def decoding(folder):  # a block-causal DiT's tokens also depend on the decoder's window
+        args = load_checkpoint(os.path.join(folder, 'ckpt.pt'), 'dit')['model_args']
+        return dict(decode_window=DECODE_WINDOW) if args.get('block_len') else {}
 
     bf16 = 'native' if bf16_is_fast('cpu') else 'no native'
     res = dict(command='python ' + shlex.join(sys.argv), judge=judge, num_samples=num_samples,
@@ -409,7 +413,7 @@ if __name__ == '__main__':
     how = '' if sampler == (50, 'euler', 1.0) else f' {solver} {steps} until {cfg_until:g}'
     res['dits'] = {f'{os.path.basename(run)} cfg {cfg:g}{how}': dict(run=run, points={
         s: cached(f'dit_{run}_{s}_cfg{cfg:g}{how}',
-                  lambda: score_point('textldm', d, cfg, ctx, sampler))
+                  lambda: score_point('textldm', d, cfg, ctx, sampler), **decoding(d))
         for s, d in pts.items()},
         knowledge=knowledge(run, pts)) for run, cfg, pts in dit_runs}
     # runs still going: score (and cache) what they have kept so far, write nothing else
