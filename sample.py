@@ -24,9 +24,9 @@ CFG = 2.0
 # of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
 # A block: 3 steps guided at every one. Blocks of 1 (the default DiT's) at 4000 steps: gen. PPL
-# 25 / 27, 2 steps 35 / 29 (bench/results/steps/); blocks of 2 at 2000: 688 / 214, 2 steps 793 /
-# 294, 4 steps 638 / 215, the paper's 50 Euler steps 628 / 208. At batch 1, blocks of 1 sample at
-# 0.36x the GPT's speed (2 steps 0.45x), blocks of 2 at 0.65x (bench/results/blocks_b1/sampling.md).
+# 27 / 27, MAUVE 99 / 85; 2 steps 36 / 29, MAUVE 76 / 76; guided at the first 2 steps only 54 / 42
+# (bench/results/steps/). At batch 1 they sample at 0.51x the GPT's speed (2 steps 0.59x), blocks
+# of 2 at 0.91x (bench/results/blocks_b1/sampling.md).
 BLOCK_STEPS, BLOCK_CFG_UNTIL = 3, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x

@@ -70,7 +70,8 @@ curve it is a bound (> or <).
 The judge is ../shared/judge (its README says how it was made): a GPT of seed 4242 trained 4000
 steps, so that points from every session compare.
 Each run folder's step<N>/ checkpoints are its curve (trainers' --keep_steps). A model point's
-figures are cached in out/curve/points/, so adding a run re-scores only what is new.
+figures are cached in out/curve/points/, so adding a run re-scores only what is new (a block-causal
+DiT's point with sample.DECODE_WINDOW: another window re-scores it).
 """
 import json
 import os

@@ -2,13 +2,13 @@
 # token's latent denoised from the clean text before it) with the token head, a next-token loss on
 # its clean stream and the learned information-uniform time schedule: the configuration with the
 # smallest compute gap on the curve (bench/results/steps/dpm2m3_until1.md; blocks of 2 at 4000
-# steps: 324 / 149, blocks of 1: 25 / 27), which samples at 0.36x the GPT's speed at batch 1
-# (blocks of 2: 0.65x; bench/results/blocks_b1/sampling.md).
+# steps: 324 / 152, blocks of 1: 27 / 27), which samples at 0.51x the GPT's speed at batch 1
+# (blocks of 2: 0.91x; bench/results/blocks_b1/sampling.md).
 # 550 steps (about 11 minutes), so that the demo stays within 15 (600 steps: 15.1), of the curve's
-# 4000-step schedule: 1,437 / 362, where the GPT at 250 steps is at 1,602 / 894 (the DiT at 500:
-# 1,774 / 440, at 600: 1,188 / 313). At 500 steps the learning rate still high, with the EMA of the
-# weights, gave better text than a schedule decayed by step 500 (blocks of 2: 3,473 / 979 against
-# 5,204 / 1,377); config/dit_tiny_long.py is the same run on to 4000 steps. Sampled at CFG 2.
+# 4000-step schedule: 1,417 / 387, where the GPT at 250 steps is at 1,602 / 894 (the DiT at 500:
+# 1,720 / 452, at 600: 1,141 / 307). At 500 steps the learning rate still high, with the EMA of the
+# weights, gave better text than a schedule decayed by step 500 (blocks of 2: 3,153 / 948 against
+# 4,973 / 1,365); config/dit_tiny_long.py is the same run on to 4000 steps. Sampled at CFG 2.
 # python dit_train.py config/dit_tiny.py
 out_dir = 'out/dit_tiny'
 vae_ckpt = 'out/vae_tiny/ckpt.pt'
