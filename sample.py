@@ -23,11 +23,13 @@ CFG = 2.0
 # paper's 50 Euler steps: 98.1%), gen. PPL within 5% of those 50 steps', at 17 DiT forwards instead
 # of 100 (bench/results/fidelity.md)
 STEPS, SOLVER, CFG_UNTIL = 10, 'dpm2m', 0.6
-# A block: 3 steps guided at every one. Blocks of 1 (the default DiT's) at 4000 steps: gen. PPL
-# 27 / 27, MAUVE 99 / 85; 2 steps 36 / 29, MAUVE 76 / 76; guided at the first 2 steps only 54 / 42
-# (bench/results/steps/). At batch 1 they sample at 0.51x the GPT's speed (2 steps 0.59x), blocks
-# of 2 at 0.91x (bench/results/blocks_b1/sampling.md).
-BLOCK_STEPS, BLOCK_CFG_UNTIL = 3, 1.0
+# A block: 2 steps guided at every one. Blocks of 1 (the default DiT's), gen. PPL, 2 steps against
+# 3 (bench/results/steps/): 1,201 / 411 against 1,417 / 387 at the demo's 550 training steps, 245 /
+# 118 against 217 / 99 at 1000, 63 / 40 against 54 / 34 at 2000 (within 3 steps' intervals), 36 / 29
+# against 27 / 27 at 4000 (both under the true text's 46 / 43); at batch 1 they sample at 0.59x the
+# GPT's speed, 3 steps at 0.48-0.51x (bench/results/blocks_b1*/sampling.md). Guided at the first 2
+# of 3 steps only: 54 / 42 at 4000.
+BLOCK_STEPS, BLOCK_CFG_UNTIL = 2, 1.0
 # On a CPU bf16 pays only in big matmuls: blocks of 4 at batch 1 (4 latents a forward) sample 2x
 # faster in float32, at batch 32 (128) even; a whole continuation of 74 latents even, of 148 1.2x
 # faster in bf16 (bench/results/cpu_dtype.md). So bf16 where a forward writes this many or more.
@@ -255,7 +257,7 @@ if __name__ == '__main__':
     vae_ckpt = ''             # to override the VAE checkpoint path stored in the DiT checkpoint
     prompt = ''
     length = 48
-    steps = None  # the solver's steps (a block's); None: 10 for a whole continuation, 3 a block
+    steps = None  # the solver's steps (a block's); None: 10 for a whole continuation, 2 a block
     solver = SOLVER  # 'dpm2m' (second order) or 'euler' (the paper's)
     cfg = CFG  # guidance scale
     # guidance while t < cfg_until (1.0: at every step); None: 0.6 for a whole continuation, 1 for

@@ -62,8 +62,9 @@ curve it is a bound (> or <).
         --vae_ckpt=out/vae_bidir/ckpt.pt --out_dir=out/curve/dit_paper --keep_steps=500,1000
                                                           # the paper's layout (the old default)
     python bench/curve.py  # these runs at CFG 2 -> bench/results/curve.*
-    # the default's sampler, 3 steps a block (the runs of blocks of 1 and 2 at C = 64, CFG 1-3):
-    # --steps=3 --solver=dpm2m --cfg_until=1.0 --dits=... (bench/results/steps/dpm2m3_until1.md)
+    # the default's sampler, 2 steps a block, and 3 (the runs of blocks of 1 and 2, CFG 1-3):
+    # --steps=2 --solver=dpm2m --cfg_until=1.0 --dits=... (bench/results/steps/dpm2m2_until1.md,
+    # dpm2m3_until1.md: their commands)
     python bench/curve.py --steps=4 --solver=dpm2m --cfg_until=0.6 \
         --dits=out/curve/dit_b4_ar:2@2000 --out_file=bench/results/steps/dpm2m4_until0.6.json
 
